@@ -1,0 +1,281 @@
+"""params.yaml: load it and validate it strictly, so a typo stops a stage before any work.
+
+Every stage calls `load()` in its `main()`. An unknown key, a wrong type or an out-of-range value
+raises `ParamsError` whose message names each bad key and what is allowed; `run_main` turns it
+into a one-paragraph message and exit status 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Optional, Union
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      model_validator)
+
+PARAMS_FILE = "params.yaml"
+
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+SplitName = Literal["train", "val", "test"]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message says which key and why."""
+
+
+class StageError(RuntimeError):
+    """Bad input a user can fix (a URL, a file, a folder); the message names it and the fix."""
+
+
+class Section(BaseModel):
+    # extra=forbid: a misspelt key is an error, not a silently ignored setting.
+    # strict: "3" is not 3 and 1 is not True.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+class Generate(Section):
+    classes: int = Field(3, ge=3, le=6)
+    per_class: int = Field(160, ge=10, le=5000)
+    size: int = Field(96, ge=32, le=128)
+
+
+class Archive(Section):
+    url: str = Field(min_length=1)
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-f]{64}$")
+    split: Optional[SplitName] = None
+
+
+class Dataset(Section):
+    generate: Optional[Generate] = None
+    archives: Optional[list[Archive]] = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Dataset":
+        if (self.generate is None) == (self.archives is None):
+            raise ValueError("give exactly one of `generate:` or `archives:`")
+        return self
+
+
+# ---- data stages ----------------------------------------------------------------------------
+
+class Download(Section):
+    timeout: Positive = 30.0
+    retries: int = Field(4, ge=0, le=20)
+    backoff: float = Field(1.0, ge=0)
+
+
+class Extract(Section):
+    max_total_bytes: int = Field(50_000_000_000, gt=0)
+    max_ratio: Positive = 250.0
+    max_members: int = Field(2_000_000, gt=0)
+
+
+class Clean(Section):
+    max_short_side: int = Field(256, ge=16, le=4096)
+    min_side: int = Field(16, ge=1)
+    max_pixels: int = Field(89_478_485, gt=0)
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    workers: int = Field(2, ge=1, le=256)
+
+
+class Split(Section):
+    val: Fraction = 0.15
+    test: Fraction = 0.15
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> "Split":
+        if self.val + self.test >= 0.9:
+            raise ValueError("val + test must leave at least 10% for train")
+        return self
+
+
+# ---- training -------------------------------------------------------------------------------
+
+class Augment(Section):
+    crop_scale: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.6, 1.0], min_length=2,
+                                                                  max_length=2)
+    hflip: Probability = 0.5
+    rotation: float = Field(10.0, ge=0, le=180)
+    color_jitter: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Augment":
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise ValueError("crop_scale is [min, max] with min <= max")
+        return self
+
+
+class Train(Section):
+    image_size: int = Field(96, ge=16, le=1024)
+    batch_size: int = Field(32, ge=1, le=4096)
+    workers: int = Field(2, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    select: Literal["val_acc", "val_loss"] = "val_acc"
+    patience: int = Field(0, ge=0)
+    target_acc: Probability = 1.0
+    augment: Augment = Augment()
+
+
+class Schedule(Section):
+    name: Literal["none", "step", "cosine"] = "none"
+    step_size: int = Field(7, ge=1)  # epochs between decays (step)
+    gamma: float = Field(0.1, gt=0, le=1)  # decay factor (step)
+
+
+def _check_trainable(value: Any) -> Any:
+    ok = (value in ("all", "head")
+          or (type(value) is int and value >= 1)
+          or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)))
+    if not ok:
+        raise ValueError("must be all | head | N >= 1 (last N blocks + head) | "
+                         "a list of module names")
+    return value
+
+
+# all | head | N (last N blocks + head) | explicit module names
+Trainable = Annotated[Union[Literal["all", "head"], int, list[str]],
+                      BeforeValidator(_check_trainable)]
+
+
+class PhaseOverride(Section):
+    """Keys a later phase may change; unset ones carry over from the phase before."""
+    trainable: Optional[Trainable] = None
+    optimizer: Optional[Literal["sgd", "adam", "adamw"]] = None
+    lr: Optional[Positive] = None
+    backbone_lr_mult: Optional[float] = Field(None, ge=0)
+    momentum: Optional[float] = Field(None, ge=0, lt=1)
+    nesterov: Optional[bool] = None
+    weight_decay: Optional[float] = Field(None, ge=0)
+    schedule: Optional[Schedule] = None
+    epochs: Optional[int] = Field(None, ge=1)
+
+
+class Phase(Section):
+    """One fully resolved training phase."""
+    trainable: Trainable = "all"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Positive = 0.01
+    backbone_lr_mult: float = Field(1.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Schedule = Schedule()
+    epochs: int = Field(10, ge=1)
+
+
+class Strategy(Phase):
+    arch: str = Field(min_length=1)
+    weights: Literal["pretrained", "none"] = "pretrained"
+    cache_features: bool = False
+    phases: list[PhaseOverride] = []
+
+    def resolved_phases(self) -> list[Phase]:
+        """The entry's own settings as phase 1, then each override applied on the one before."""
+        phase = Phase(**{k: getattr(self, k) for k in Phase.model_fields})
+        out = [phase]
+        for override in self.phases:
+            phase = Phase.model_validate({**phase.model_dump(),
+                                          **override.model_dump(exclude_none=True)})
+            out.append(phase)
+        return out
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen(self) -> "Strategy":
+        if self.cache_features and any(p.trainable != "head" for p in self.resolved_phases()):
+            raise ValueError("cache_features needs `trainable: head` in every phase "
+                             "(features of a backbone that trains change every step)")
+        return self
+
+
+# ---- evaluate / report ----------------------------------------------------------------------
+
+class Evaluate(Section):
+    batch_size: int = Field(64, ge=1, le=4096)
+    tta_flip: bool = True
+    top_k: int = Field(5, ge=2)
+
+
+class Report(Section):
+    gallery: int = Field(16, ge=1, le=100)
+    augment_samples: int = Field(16, ge=1, le=100)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0, lt=2**32)
+    threads: int = Field(2, ge=1, le=256)
+    dataset: str
+    datasets: dict[str, Dataset] = Field(min_length=1)
+    download: Download = Download()
+    extract: Extract = Extract()
+    clean: Clean = Clean()
+    split: Split = Split()
+    train: Train = Train()
+    strategies: dict[str, Strategy] = Field(min_length=1)
+    evaluate: Evaluate = Evaluate()
+    report: Report = Report()
+
+    @model_validator(mode="after")
+    def _dataset_known(self) -> "Params":
+        if self.dataset not in self.datasets:
+            raise ValueError(f"dataset: {self.dataset!r} is not an entry of `datasets:`; "
+                             f"choose one of {sorted(self.datasets)}")
+        return self
+
+    @property
+    def active_dataset(self) -> Dataset:
+        return self.datasets[self.dataset]
+
+    def strategy(self, name: str) -> Strategy:
+        if name not in self.strategies:
+            raise ParamsError(f"{PARAMS_FILE}: no strategy {name!r} under `strategies:`; "
+                              f"choose one of {sorted(self.strategies)}")
+        return self.strategies[name]
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt, or not supported here)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return f"  {key}: {msg}"
+
+
+def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate an already-parsed params mapping (tests and `load` share this)."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        # union members each report their own failure; keep one line per key
+        lines = list(dict.fromkeys(_describe(e) for e in exc.errors()))
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate(raw, str(path))
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a stage's main(); a params or input error becomes a clear message and exit 2."""
+    try:
+        main()
+    except (ParamsError, StageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
