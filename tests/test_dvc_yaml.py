@@ -1,0 +1,63 @@
+"""dvc.yaml stays the true picture of the data flow: every stage runs its own module, lists every
+project module that module imports in its deps (or a change to shared code would not re-run it),
+stage modules never import each other, and the overlay plots cover every strategy."""
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+
+
+def project_imports(module: str) -> set[str]:
+    """`stages.*` modules imported by stages/<module>.py, directly or through each other."""
+    seen, todo = set(), [module]
+    while todo:
+        tree = ast.parse((ROOT / "stages" / f"{todo.pop()}.py").read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "stages":
+                    names = [a.name for a in node.names]
+                elif node.module.startswith("stages."):
+                    names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("stages.")]
+            for name in names:
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    return seen
+
+
+def stage_body(name):
+    stage = STAGES[name]
+    return stage.get("do", stage)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_runs_its_module_and_lists_its_code(name):
+    body = stage_body(name)
+    assert body["cmd"].startswith(f"python -m stages.{name} "), body["cmd"]
+    deps = {d for d in body["deps"] if isinstance(d, str)}
+    needed = {f"stages/{m}.py" for m in project_imports(name) | {name}}
+    assert needed <= deps, f"{name}: add {sorted(needed - deps)} to its deps"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_modules_do_not_import_each_other(name):
+    assert not project_imports(name) & (set(STAGES) - {name})
+
+
+@pytest.mark.parametrize("plot", ["val_acc", "val_loss"])
+def test_overlay_plots_cover_every_strategy(plot):
+    (entry,) = [p[plot] for p in DVC_YAML["plots"] if plot in p]
+    listed = {Path(f).stem for f in entry["y"]}
+    assert listed == set(PARAMS["strategies"]), (
+        f"dvc.yaml plot {plot!r} lists {sorted(listed)}; params.yaml has "
+        f"{sorted(PARAMS['strategies'])}")

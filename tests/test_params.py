@@ -1,0 +1,72 @@
+"""params.yaml is validated strictly: the shipped file loads, and each kind of mistake stops
+with a message that names the key and what is allowed."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from stages import params as P
+from conftest import ROOT
+
+
+def test_shipped_params_load_and_every_strategy_resolves():
+    params = P.load(ROOT / "params.yaml")
+    assert params.dataset == "demo"
+    assert {"scratch", "finetune", "feature_extractor", "partial"} <= set(params.strategies)
+    partial = params.strategies["partial"].resolved_phases()
+    assert [p.trainable for p in partial] == ["head", 1]
+    # a later phase inherits what it does not override
+    assert partial[1].optimizer == partial[0].optimizer == "sgd"
+    assert partial[1].lr < partial[0].lr
+
+
+@pytest.mark.parametrize("edit, key, hint", [
+    (lambda p: p["clean"].update(workerz=2), "clean.workerz", "unknown key"),
+    (lambda p: p["train"].update(batch_size="32"), "train.batch_size", "valid integer"),
+    (lambda p: p["strategies"]["finetune"].update(lr=-1), "strategies.finetune.lr",
+     "greater than 0"),
+    (lambda p: p["strategies"]["scratch"].update(trainable="heads"),
+     "strategies.scratch.trainable", "all | head"),
+    (lambda p: p["strategies"]["finetune"].update(optimizer="lion"),
+     "strategies.finetune.optimizer", "'sgd', 'adam' or 'adamw'"),
+    (lambda p: p["split"].update(val=0.5, test=0.45), "split", "at least 10% for train"),
+    (lambda p: p.update(dataset="imagenet"), "dataset", "choose one of"),
+    (lambda p: p["datasets"]["hymenoptera"]["archives"][0].update(sha256="abc"),
+     "datasets.hymenoptera.archives.0.sha256", "pattern"),
+    (lambda p: p["strategies"]["finetune"].update(cache_features=True),
+     "strategies.finetune", "cache_features needs `trainable: head`"),
+    (lambda p: p["strategies"]["partial"]["phases"][0].update(arch="resnet18"),
+     "strategies.partial.phases.0.arch", "unknown key"),
+])
+def test_invalid_values_name_the_key(params_raw, edit, key, hint):
+    edit(params_raw)
+    with pytest.raises(P.ParamsError) as exc:
+        P.validate(params_raw)
+    message = str(exc.value)
+    assert f"  {key}:" in message or f"{key}:" in message, message
+    assert hint in message, message
+
+
+def test_a_dataset_needs_exactly_one_source(params_raw):
+    params_raw["datasets"]["demo"]["archives"] = [{"url": "x.zip"}]
+    with pytest.raises(P.ParamsError, match="exactly one of `generate:` or `archives:`"):
+        P.validate(params_raw)
+
+
+def test_unknown_strategy_lists_the_known_ones():
+    params = P.load(ROOT / "params.yaml")
+    with pytest.raises(P.ParamsError, match="no strategy 'finetun'.*'finetune'"):
+        params.strategy("finetun")
+
+
+def test_stage_exits_2_before_work_on_bad_params(tmp_path, params_raw):
+    params_raw["seed"] = -1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    proc = subprocess.run([sys.executable, "-c", "from stages import params as P\n"
+                           "P.run_main(lambda: P.load())"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "seed: Input should be greater than or equal to 0 (got -1)" in proc.stderr
+    assert "Traceback" not in proc.stderr
