@@ -1,5 +1,7 @@
 # Two commands for a fresh clone:  make repro  (run the pipeline)  and  make test.
 # Both create .venv from the pinned requirements.txt the first time.
+# make check [REV=...]: re-run REV (default HEAD) in a clean clone, compare with its commit.
+REV    ?= HEAD
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
 
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test
+.PHONY: install repro test check
 
 install: $(STAMP)
 
@@ -22,3 +24,6 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+check: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.check --rev $(REV)

@@ -207,6 +207,14 @@ class Report(Section):
     augment_samples: int = Field(16, ge=1, le=100)
 
 
+class Check(Section):
+    """Tolerances for `make check` (tools/check.py)."""
+    data_stages: list[str] = ["download", "extract", "clean", "split"]
+    tolerance: float = Field(0.02, ge=0)
+    tolerances: dict[str, Annotated[float, Field(ge=0)]] = {}
+    ignore: list[str] = []
+
+
 class Params(Section):
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int = Field(2, ge=1, le=256)
@@ -220,6 +228,7 @@ class Params(Section):
     strategies: dict[str, Strategy] = Field(min_length=1)
     evaluate: Evaluate = Evaluate()
     report: Report = Report()
+    check: Check = Check()
 
     @model_validator(mode="after")
     def _dataset_known(self) -> "Params":
