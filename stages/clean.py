@@ -1,0 +1,491 @@
+"""clean: decode every extracted image with OpenCV and reject or normalise it.
+
+Reads  data/extracted/ (sources.json + one folder per source; layout per docs/pipeline.md).
+Writes data/clean/images/<class>/<sha16>.jpg, data/clean/manifest.csv, metrics/clean.json and
+       reports/rejected.csv, in the formats docs/pipeline.md gives.
+Run    python -m stages.clean --extracted data/extracted --out data/clean \
+           --metrics metrics/clean.json --rejected reports/rejected.csv
+
+Every regular file under a class folder is a candidate, whatever its name or extension (hidden
+files and Thumbs.db included): the bytes decide. Checks, in order, the first failure wins:
+
+  empty            0 bytes
+  not_image        no header of an accepted format: text, HTML, Thumbs.db (OLE), and formats that
+                   Pillow can identify but that are not image files for training. A Photoshop
+                   document (PSD, e.g. PetImages Cat/10404.jpg) is `not_image`: it is a layered
+                   editing file that OpenCV cannot read, not a broken image, so `undecodable`
+                   (reserved for damaged data in an accepted format) would mislead.
+  too_many_pixels  header width * height > clean.max_pixels; refused before any pixel is decoded
+  undecodable      an accepted format whose data neither OpenCV nor Pillow can decode
+  truncated        the data ends before the image does: a JPEG whose markers run out before EOI
+                   (OpenCV 5 refuses such files, older versions pad them with grey), or Pillow's
+                   "image file is truncated" for other formats
+  too_small        a side < clean.min_side
+  duplicate        byte-identical to a kept file earlier in sorted source order (detail: that file)
+
+Accepted formats are in ACCEPTED_FORMATS. Decoding is OpenCV's `imdecode` (EXIF orientation
+applied, CMYK and greyscale JPEGs converted to colour); Pillow decodes only what OpenCV cannot
+(and images with transparency, see below), then `exif_transpose` + RGB. Choices made here:
+
+- Transparency (RGBA / LA PNG, palette PNG or GIF with a transparent colour) is composited on
+  white: dropping alpha would expose whatever colour the transparent pixels happen to store,
+  usually black.
+- JPEG data after the end marker (PetImages' trailing HTML pages) and libjpeg's "extraneous bytes
+  before marker 0xd9" warnings are harmless: such files are kept.
+- hymenoptera's train/ants/imageNotFound.gif (a real GIF of a "could not be found" placeholder)
+  is kept: clean judges whether a file is a decodable image, not what it shows, and it ships in
+  the tutorial's training set. It is label noise, like any mislabelled photo.
+
+Kept images are downscaled (INTER_AREA) so the shorter side is at most clean.max_short_side; big
+JPEGs are first decoded at 1/2, 1/4 or 1/8 scale by libjpeg when that still leaves the shorter
+side >= max_short_side. Files are judged by clean.workers processes, each writing its kept images
+under their content hash; duplicates, the manifest and the reports are decided and written from
+the results in sorted source order, so the output is byte-identical for any worker count.
+Everything goes to a temporary folder beside --out that replaces it at the end: an interrupted
+run leaves the previous output (or none), never a mix.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from stages.params import Clean, StageError, load, run_main
+
+REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
+           "duplicate")
+# Pillow format names of the raster formats photos arrive in (MPO: camera JPEG with extra frames)
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF")
+# header prefix -> format, to tell a damaged image (undecodable/truncated) from a non-image
+MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+         (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "test-set": "test", "testing": "test"}
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+MANIFEST_COLUMNS = ("path", "class", "split", "source", "width", "height", "sha256")
+REJECTED_COLUMNS = ("source", "class", "reason", "detail")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path       # where to read it
+    source: str      # posix path relative to data/extracted (sort key, reported)
+    cls: str
+    split: str       # "train" | "val" | "test" | "" (none shipped)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one file became: a normalised JPEG (`jpeg` set) or a rejection reason."""
+    sha256: str
+    reason: Optional[str] = None
+    detail: str = ""
+    jpeg: Optional[bytes] = None
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Summary:
+    """What a clean run measured; `metrics()` is metrics/clean.json."""
+    kept: int = 0
+    rejected: int = 0
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=lambda: {r: 0 for r in REASONS})
+    empty_classes: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        return {"kept": self.kept, "rejected": self.rejected, "classes": self.classes,
+                "reasons": self.reasons}
+
+
+# ---- finding the files ----------------------------------------------------------------------
+
+def _subdirs(folder: Path) -> list[Path]:
+    # hidden folders (.ipynb_checkpoints, __MACOSX) are never classes or splits
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+
+
+def _class_folders(root: Path, split: Optional[str]) -> list[tuple[Path, str]]:
+    """(class folder, split) pairs of one extracted source, per docs/pipeline.md."""
+    while True:  # step into wrappers: a lone subfolder that itself holds folders
+        dirs = _subdirs(root)
+        if (len(dirs) != 1 or not _subdirs(dirs[0])
+                or (split is None and dirs[0].name.lower() in SPLIT_NAMES)):  # a lone train/
+            break
+        root = dirs[0]
+    if split is not None:
+        return [(d, split) for d in dirs]
+    named = [d for d in dirs if d.name.lower() in SPLIT_NAMES]
+    if not named:
+        return [(d, "") for d in dirs]
+    others = [d.name for d in dirs if d not in named]
+    if others:
+        raise StageError(f"{root}: mixes split folders {[d.name for d in named]} with other "
+                         f"folders {others}; put every class folder under a split folder, or "
+                         f"give the archive a `split:` in params.yaml")
+    return [(c, SPLIT_NAMES[s.name.lower()]) for s in named for c in _subdirs(s)]
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if path.is_file():  # regular file (or a link to one); skips sockets, dangling links
+                yield path
+
+
+def discover(extracted: Path) -> tuple[list[Candidate], list[str]]:
+    """Every candidate file in data/extracted, sorted by source path, and all class names."""
+    index = extracted / "sources.json"
+    try:
+        sources = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{index}: not found; run the extract stage first") from None
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{index}: not valid JSON ({exc}); re-run the extract stage") from None
+    candidates, classes = [], set()
+    for entry in sources:
+        root = extracted / entry["dir"]
+        if not root.is_dir():
+            raise StageError(f"{root}: listed in {index} but not a folder; re-run extract")
+        for folder, split in _class_folders(root, entry.get("split")):
+            classes.add(folder.name)
+            candidates += [Candidate(p, p.relative_to(extracted).as_posix(), folder.name, split)
+                           for p in _files_under(folder)]
+    if not classes:
+        raise StageError(f"{extracted}: no class folders found; expected <class>/<image> or "
+                         f"<split>/<class>/<image> inside each extracted source")
+    return sorted(candidates, key=lambda c: c.source), sorted(classes)
+
+
+# ---- judging one file -----------------------------------------------------------------------
+
+def jpeg_complete(data: bytes) -> bool:
+    """False when the data ends before a JPEG's EOI marker (data after EOI is ignored).
+
+    Walks the marker segments; inside entropy-coded data a 0xFF is always followed by 0x00
+    (stuffing) or a restart marker, so the next other marker ends the scan. Like libjpeg, junk
+    where a marker should be is skipped up to the next 0xFF (a damaged file is left to the
+    decoder to judge: only running out of data counts as truncation)."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return False
+            continue
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            i += 1 if marker == 0xFF else 2  # fill byte / marker without a length
+            continue
+        if i + 3 >= n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker != 0xDA:  # not start-of-scan: the segment length covered it
+            continue
+        while True:  # entropy-coded data: find the next real marker
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= n:
+                return False
+            if data[i + 1] in (0x00, 0xFF) or 0xD0 <= data[i + 1] <= 0xD7:
+                i += 1
+                continue
+            break
+    return False
+
+
+def _clean_message(exc: BaseException) -> str:
+    # Pillow messages can carry object addresses ("<_io.BytesIO object at 0x7f..>")
+    return re.sub(r"<[^>]* at 0x[0-9a-f]+>", "data", f"{type(exc).__name__}: {exc}").strip()
+
+
+def _identify(data: bytes, max_pixels: int) -> tuple[Optional[Image.Image], Optional[tuple]]:
+    """(lazily opened Pillow image, None) or (None, (reason, detail)); reads the header only."""
+    magic = next((fmt for prefix, fmt in MAGIC if data.startswith(prefix)), None)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        magic = "WEBP"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        return None, ("too_many_pixels", _clean_message(exc))
+    except Exception as exc:  # Pillow raises many types for a bad header
+        if magic is None:
+            return None, ("not_image", f"no image header (starts with {data[:8].hex()})")
+        if magic == "JPEG" and not jpeg_complete(data):
+            return None, ("truncated", "JPEG data ends before the end-of-image marker")
+        return None, ("undecodable", f"{magic} header unreadable: {_clean_message(exc)}")
+    if im.format not in ACCEPTED_FORMATS:
+        return None, ("not_image", f"{im.format} file ({im.format_description}): not an "
+                                   f"accepted image format ({', '.join(ACCEPTED_FORMATS)})")
+    w, h = im.size
+    if w * h > max_pixels:
+        return None, ("too_many_pixels", f"{w}x{h} = {w * h} pixels > clean.max_pixels "
+                                         f"{max_pixels}")
+    return im, None
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ALPHA_MODES or "transparency" in im.info
+
+
+def _pillow_decode(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 BGR, upright, transparency composited on white."""
+    im.load()
+    im = ImageOps.exif_transpose(im)
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2BGR)
+
+
+def _reduce_flag(im: Image.Image, max_short_side: int) -> int:
+    """IMREAD flag letting libjpeg decode a big JPEG at 1/8, 1/4 or 1/2 scale (DCT scaling)."""
+    if im.format not in ("JPEG", "MPO"):
+        return cv2.IMREAD_COLOR
+    short = min(im.size)
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if short // factor >= max_short_side:
+            return flag
+    return cv2.IMREAD_COLOR
+
+
+def _decode(data: bytes, im: Image.Image, params: Clean) -> tuple[Optional[np.ndarray], tuple]:
+    """(BGR image, ()) or (None, (reason, detail)). OpenCV first; Pillow for what it can't do."""
+    is_jpeg = im.format in ("JPEG", "MPO")
+    if is_jpeg and not jpeg_complete(data):
+        return None, ("truncated", "JPEG data ends before the end-of-image marker")
+    if not _has_alpha(im):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _reduce_flag(im, params.max_short_side))
+        if bgr is not None:
+            return bgr, ()
+    try:
+        return _pillow_decode(im), ()
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
+        if "truncated" in str(exc):
+            return None, ("truncated", _clean_message(exc))
+        return None, ("undecodable",
+                      f"OpenCV and Pillow cannot decode it ({_clean_message(exc)})")
+
+
+def _normalise(bgr: np.ndarray, params: Clean) -> tuple[bytes, int, int]:
+    """Downscale so the shorter side <= max_short_side; JPEG bytes, width, height."""
+    h, w = bgr.shape[:2]
+    short, target = min(h, w), params.max_short_side
+    if short > target:  # integer round-half-up: the shorter side is exactly `target`
+        w, h = ((side * target * 2 + short) // (2 * short) for side in (w, h))
+        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
+    assert ok, "OpenCV failed to encode a decoded image as JPEG"
+    return buf.tobytes(), w, h
+
+
+def judge(path: Path, params: Clean) -> Outcome:
+    """Read one file and either normalise it or say why it is rejected. Writes nothing."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StageError(f"{path}: cannot read it ({exc.strerror}); fix its permissions") from None
+    sha = hashlib.sha256(data).hexdigest()
+    if not data:
+        return Outcome(sha, "empty", "0 bytes")
+    im, rejection = _identify(data, params.max_pixels)
+    if rejection:
+        return Outcome(sha, *rejection)
+    with im:
+        bgr, rejection = _decode(data, im, params)
+        size = im.size  # header size: min side does not depend on orientation or DCT scaling
+    if rejection:
+        return Outcome(sha, *rejection)
+    if min(size) < params.min_side:
+        return Outcome(sha, "too_small", f"{size[0]}x{size[1]} has a side < clean.min_side "
+                                         f"{params.min_side}")
+    jpeg, w, h = _normalise(bgr, params)
+    return Outcome(sha, jpeg=jpeg, width=w, height=h)
+
+
+# ---- running over all files -----------------------------------------------------------------
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # parallelism comes from processes; OpenCV threads would oversubscribe
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # reasons go to the CSV
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """forkserver where available: a plain fork of a caller that already runs threads (tqdm's
+    monitor, another pool's manager, OpenCV's pool) can leave the child stuck on a lock; it did
+    in the benchmark process. The server imports the heavy libraries once (about 0.4 s), so each
+    worker forks with them loaded. (Not this module itself: under `python -m stages.clean` the
+    workers re-run it as their main module.)"""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # every Pillow format plugin: Image.open on a non-image would import them all per worker
+    pil_plugins = [f"PIL.{name}" for name in getattr(Image, "_plugins", ())]
+    ctx.set_forkserver_preload(["cv2", "numpy", "PIL.Image", "PIL.ImageOps", "tqdm",
+                                "stages.params", *pil_plugins])
+    return ctx
+
+
+def _judge_and_write(cand: Candidate, images: Path, params: Clean) -> Outcome:
+    """judge() one file and write a kept image to images/<class>/<sha16>.jpg (in the worker, so
+    writes run in parallel and no image bytes travel between processes)."""
+    res = judge(cand.path, params)
+    if res.jpeg is None:
+        return res
+    dest = images / cand.cls / f"{res.sha256[:16]}.jpg"
+    part = dest.with_name(f".{dest.name}.{os.getpid()}")  # byte copies may race to one name
+    part.write_bytes(res.jpeg)
+    os.replace(part, dest)
+    return replace(res, jpeg=None)
+
+
+def _judge_all(candidates: list[Candidate], images: Path, params: Clean) -> Iterator[Outcome]:
+    """Outcomes in the order of `candidates`, from clean.workers processes."""
+    work = partial(_judge_and_write, images=images, params=params)
+    bar = dict(total=len(candidates), desc="clean", unit="img", disable=None)
+    if params.workers == 1 or len(candidates) < 2:
+        threads, level = cv2.getNumThreads(), cv2.utils.logging.getLogLevel()
+        _init_worker()
+        try:
+            yield from tqdm(map(work, candidates), **bar)
+        finally:  # leave the calling process's OpenCV settings as they were
+            cv2.setNumThreads(threads)
+            cv2.utils.logging.setLogLevel(level)
+        return
+    # small chunks: the few big files (BMP, PSD, large JPEGs) spread over the workers
+    chunk = max(1, min(16, len(candidates) // (params.workers * 8)))
+    with ProcessPoolExecutor(params.workers, mp_context=_worker_context(),
+                             initializer=_init_worker) as pool:
+        yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
+
+
+def _tally(candidates: list[Candidate], outcomes: Iterable[Outcome], images: Path,
+           summary: Summary) -> tuple[list[tuple], list[tuple]]:
+    """Fill `summary`; manifest and rejected rows. Byte copies of a kept file become
+    `duplicate` (the first in sorted source order is kept) and lose their written image."""
+    kept_by_sha: dict[str, Candidate] = {}
+    manifest, rejects = [], []
+    for cand, res in zip(candidates, outcomes):
+        reason, detail = res.reason, res.detail
+        first = kept_by_sha.get(res.sha256)
+        if reason is None and first is not None:
+            reason, detail = "duplicate", first.source
+            if first.cls != cand.cls:  # same class: the same file name as the kept copy
+                (images / cand.cls / f"{res.sha256[:16]}.jpg").unlink(missing_ok=True)
+        if reason is not None:
+            rejects.append((cand.source, cand.cls, reason, detail))
+            summary.reasons[reason] += 1
+            summary.classes[cand.cls]["rejected"] += 1
+            continue
+        kept_by_sha[res.sha256] = cand
+        manifest.append((f"images/{cand.cls}/{res.sha256[:16]}.jpg", cand.cls, cand.split,
+                         cand.source, res.width, res.height, res.sha256))
+        summary.classes[cand.cls]["kept"] += 1
+    summary.kept, summary.rejected = len(manifest), len(rejects)
+    summary.empty_classes = [c for c, n in summary.classes.items() if n["kept"] == 0]
+    return sorted(manifest), sorted(rejects)
+
+
+def _csv_text(columns: tuple, rows: list[tuple]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Swap `tmp` in as `out`; an interruption leaves the old `out` or none, never a mix."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)
+
+
+def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Clean) -> Summary:
+    """Judge every candidate under `extracted`; write `out` (images + manifest.csv), `metrics`
+    (metrics/clean.json) and `rejected` (reports/rejected.csv). Returns the counts."""
+    extracted, out = Path(extracted), Path(out)
+    candidates, classes = discover(extracted)
+    summary = Summary(classes={c: {"kept": 0, "rejected": 0} for c in classes})
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # same file system: rename is atomic
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had this pid
+    tmp.mkdir(parents=True)
+    try:
+        images = tmp / "images"
+        for cls in classes:
+            (images / cls).mkdir(parents=True)
+        manifest, rejects = _tally(candidates, _judge_all(candidates, images, params), images,
+                                   summary)
+        if not manifest:
+            found = ", ".join(f"{r} {n}" for r, n in summary.reasons.items() if n) or "no files"
+            raise StageError(f"{extracted}: none of its {len(candidates)} files is a usable "
+                             f"image ({found}); check the dataset or the clean.* limits in "
+                             f"params.yaml")
+        for cls in summary.empty_classes:
+            (images / cls).rmdir()
+        (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
+                                          encoding="utf-8", newline="")
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful swap
+    _replace_file(rejected, _csv_text(REJECTED_COLUMNS, rejects))
+    _replace_file(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
+    for cls in summary.empty_classes:
+        print(f"warning: class {cls!r} has no usable image left after cleaning "
+              f"(see {rejected})", file=sys.stderr)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--extracted", type=Path, required=True, help="data/extracted")
+    parser.add_argument("--out", type=Path, required=True, help="data/clean")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics/clean.json")
+    parser.add_argument("--rejected", type=Path, required=True, help="reports/rejected.csv")
+    args = parser.parse_args()
+    params = load()
+    summary = clean(args.extracted, args.out, args.metrics, args.rejected, params.clean)
+    print(f"clean: kept {summary.kept}, rejected {summary.rejected} "
+          f"({', '.join(f'{r} {n}' for r, n in summary.reasons.items() if n)})")
+
+
+if __name__ == "__main__":
+    run_main(main)
