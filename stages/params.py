@@ -198,6 +198,7 @@ class Strategy(Phase):
 
 class Evaluate(Section):
     batch_size: int = Field(64, ge=1, le=4096)
+    workers: int = Field(2, ge=0, le=64)
     tta_flip: bool = True
     top_k: int = Field(5, ge=2)
 

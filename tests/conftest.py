@@ -18,6 +18,8 @@ SHARED = Path(os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"))
 
 # DVC must not phone home or share a site cache between test repos.
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# Stage commands run `python -m stages...`: make that this interpreter, activated or not.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(autouse=True)

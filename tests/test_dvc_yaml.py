@@ -54,7 +54,7 @@ def test_stage_modules_do_not_import_each_other(name):
     assert not project_imports(name) & (set(STAGES) - {name})
 
 
-@pytest.mark.parametrize("plot", ["val_acc", "val_loss"])
+@pytest.mark.parametrize("plot", ["val_acc", "val_loss", "train_loss", "lr"])
 def test_overlay_plots_cover_every_strategy(plot):
     (entry,) = [p[plot] for p in DVC_YAML["plots"] if plot in p]
     listed = {Path(f).stem for f in entry["y"]}

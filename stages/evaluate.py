@@ -1,0 +1,242 @@
+"""evaluate: score one trained strategy on the test split, single-crop and with five-crop TTA.
+
+Reads `models/<S>.pt` (checkpoint from train), `data/split/classes.json` + `test.csv` and the
+images under `data/clean/`. Writes `metrics/eval/<S>.json` (accuracy, balanced accuracy, macro F1,
+log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the same under `tta`,
+and precision/recall/F1/support per class) and `plots/confusion/<S>.json` (one
+`{"actual", "predicted", "path"}` record per test image, class names, sorted by path, for DVC's
+`confusion` template). Both files are deterministic for the same model, data and params.
+
+    python -m stages.evaluate <strategy> --clean data/clean --split data/split \
+        --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
+        --confusion plots/confusion/<strategy>.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
+                             precision_recall_fscore_support, top_k_accuracy_score)
+
+from stages import data, models, transforms
+from stages.params import Evaluate, StageError, load, run_main
+
+DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
+
+
+# ---- metrics from arrays (no model, no files) -----------------------------------------------
+
+def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int,
+           top_k: int | None = None) -> dict[str, float]:
+    """Summary scores of (N, C) class probabilities against (N,) integer labels.
+
+    `top_k_accuracy` is added only when `top_k` is given and there are more classes than k
+    (with k >= C it is always 1.0 and says nothing)."""
+    all_labels = list(range(num_classes))
+    preds = probs.argmax(axis=1)
+    out = {
+        "accuracy": accuracy_score(labels, preds),
+        "balanced_accuracy": balanced_accuracy_score(labels, preds),
+        "macro_f1": f1_score(labels, preds, labels=all_labels, average="macro", zero_division=0),
+        "log_loss": log_loss(labels, probs, labels=all_labels),
+    }
+    if top_k is not None and num_classes > top_k:
+        out["top_k_accuracy"] = top_k_accuracy_score(labels, probs, k=top_k, labels=all_labels)
+    return {key: float(value) for key, value in out.items()}
+
+
+def per_class(preds: np.ndarray, labels: np.ndarray,
+              classes: Sequence[str]) -> dict[str, dict[str, float | int]]:
+    """precision/recall/f1/support per class name; a class never predicted scores 0, not NaN."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=list(range(len(classes))), zero_division=0)
+    return {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)}
+
+
+def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray,
+                    classes: Sequence[str], top_k: int) -> dict[str, Any]:
+    """The metrics file's content: single-crop scores at the top level, TTA under `tta`,
+    per-class single-crop scores under `per_class`; floats rounded to DECIMALS."""
+    labels = np.asarray(labels)
+    tta = scores(tta_probs, labels, len(classes))
+    out: dict[str, Any] = {
+        **scores(probs, labels, len(classes), top_k),
+        "tta": tta,
+        "per_class": per_class(probs.argmax(axis=1), labels, classes),
+    }
+    return _rounded(out)
+
+
+def confusion_records(preds: Sequence[int], labels: Sequence[int], paths: Sequence[str],
+                      classes: Sequence[str]) -> list[dict[str, str]]:
+    """One record per image with class names (not indices), sorted by path."""
+    records = [{"actual": classes[int(y)], "predicted": classes[int(p)], "path": str(path)}
+               for p, y, path in zip(preds, labels, paths, strict=True)]
+    return sorted(records, key=lambda r: r["path"])
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, DECIMALS)
+    if isinstance(obj, dict):
+        return {key: _rounded(value) for key, value in obj.items()}
+    return obj
+
+
+# ---- inference ------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, batches: Iterable[Sequence[torch.Tensor]],
+                  device: torch.device | str = "cpu", chunk: int = 64) -> np.ndarray:
+    """Softmax probabilities (N, C) float64 for every image the batches yield, in order.
+
+    A batch's first item is either (B, 3, H, W) single views or (B, V, 3, H, W) TTA views; for the
+    latter the softmax of each view is averaged over V (averaging probabilities, not logits).
+    At most `chunk` images go through the model at once, so 10 TTA views do not need 10x memory.
+    """
+    out = []
+    for batch in batches:
+        x = batch[0]
+        views = x.shape[1] if x.dim() == 5 else 1
+        flat = x.flatten(0, 1) if x.dim() == 5 else x  # (B*V, 3, H, W)
+        logits = torch.cat([model(part.to(device, non_blocking=True)).float()
+                            for part in flat.split(chunk)])
+        probs = torch.softmax(logits, dim=1).view(x.shape[0], views, -1).mean(dim=1)
+        out.append(probs.double().cpu())
+    if not out:
+        return np.zeros((0, 0))
+    probs = torch.cat(out).numpy()
+    # float32 softmax sums to 1 only within ~1e-7; sklearn's log_loss wants rows that sum to 1
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        # fixed conv algorithms: the same model and data give the same metrics every run
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def _load_model(model_path: Path, split_dir: Path, device: torch.device):
+    """Checkpoint -> (model on device, checkpoint, class names), refusing a stale model whose
+    classes are not data/split's."""
+    if not model_path.is_file():
+        raise StageError(f"{model_path}: model file not found; train it first "
+                         f"(dvc repro train@{model_path.stem})")
+    classes = list(data.read_classes(split_dir))
+    model, ckpt = models.load_checkpoint(model_path, map_location="cpu")
+    if list(ckpt["classes"]) != classes:
+        raise StageError(
+            f"{model_path} was trained on classes {list(ckpt['classes'])} but "
+            f"{split_dir / 'classes.json'} lists {classes}; the model is stale, re-run "
+            f"training (dvc repro train@{model_path.stem})")
+    return model.to(device).eval(), ckpt, classes
+
+
+def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
+    rows = data.read_rows(split_dir, "test")
+    if not rows:
+        raise StageError(f"{split_dir / 'test.csv'}: the test split is empty; nothing to "
+                         "evaluate (raise split.test in params.yaml or add test images)")
+    return rows
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+def write_json(path: Path, obj: Any) -> None:
+    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically
+    so an interrupted run leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+def evaluate(*, model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
+             confusion_path: Path, settings: Evaluate, seed: int, threads: int,
+             workers: int = 0) -> dict[str, Any]:
+    """Score `model_path` on data/split's test rows; write the metrics and confusion files and
+    return the metrics dict. `workers` only changes speed, never the output."""
+    threads_before = torch.get_num_threads()
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    try:
+        return _evaluate(Path(model_path), Path(clean_dir), Path(split_dir), Path(metrics_path),
+                         Path(confusion_path), settings, seed, workers)
+    finally:
+        torch.set_num_threads(threads_before)  # callers in the same process keep their setting
+
+
+def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
+              confusion_path: Path, settings: Evaluate, seed: int, workers: int) -> dict:
+    device = _device()
+    model, ckpt, classes = _load_model(model_path, split_dir, device)
+    rows = _test_rows(split_dir)
+    labels = np.array([label for _, label in rows])
+    tf = ckpt["transform"]
+    norm = dict(image_size=tf["image_size"], mean=tf["mean"], std=tf["std"])
+    views = {"single": transforms.eval_transform(**norm),
+             "tta": transforms.tta_transform(**norm, flip=settings.tta_flip)}
+    dataset = data.ImageDataset(clean_dir, rows, None)  # images decoded once for both passes
+    probs = {}
+    for name, transform in views.items():
+        dataset.transform = transform
+        loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
+                                  workers=workers, seed=seed, device=device)
+        probs[name] = predict_probs(model, loader, device, chunk=settings.batch_size)
+        del loader  # ends its persistent worker processes before the next pass starts
+    metrics = compute_metrics(probs["single"], probs["tta"], labels, classes, settings.top_k)
+    records = confusion_records(probs["single"].argmax(axis=1), labels,
+                                [path for path, _ in rows], classes)
+    write_json(confusion_path, records)
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("strategy", help="name of an entry under `strategies:` in params.yaml")
+    ap.add_argument("--clean", type=Path, required=True, help="data/clean (images)")
+    ap.add_argument("--split", type=Path, required=True, help="data/split (classes.json, test.csv)")
+    ap.add_argument("--model", type=Path, required=True, help="checkpoint models/<strategy>.pt")
+    ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    ap.add_argument("--confusion", type=Path, required=True, help="confusion records to write")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load()
+    params.strategy(args.strategy)  # an unknown strategy name stops here, naming the choices
+    metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
+                       metrics_path=args.metrics, confusion_path=args.confusion,
+                       settings=params.evaluate, seed=params.seed, threads=params.threads,
+                       workers=params.evaluate.workers)
+    print(f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "
+          f"(TTA {metrics['tta']['accuracy']:.4f}), macro F1 {metrics['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,383 @@
+"""report: one human-readable comparison of every strategy, with PNG figures that need no browser.
+
+Reads, for each strategy S under `strategies:` in params.yaml (in params order),
+`metrics/train/S.json`, `plots/train/S.tsv`, `metrics/eval/S.json` and `plots/confusion/S.json`,
+plus `data/split/` (classes, split counts, training rows) and test/training images from
+`data/clean/`. Writes `reports/report.md` (split counts, one table across strategies, the best
+strategy, its per-class scores, relative links to the figures) and `reports/figures/*.png`:
+training curves per strategy, all confusion matrices side by side, a gallery of the best
+strategy's test predictions (mistakes first, in red) and a grid of augmented training samples.
+Everything is built in a temporary folder and moved into place at the end; the same inputs give
+byte-identical files (no timestamps, no software versions in the PNGs).
+
+    python -m stages.report --clean data/clean --split data/split \
+        --train-metrics metrics/train --train-plots plots/train \
+        --eval-metrics metrics/eval --confusion plots/confusion \
+        --out reports/report.md --figures reports/figures
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from matplotlib import style
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from stages import transforms
+from stages.params import Params, StageError, load, run_main
+
+DPI = 100  # fixed, with fixed figure sizes: same pixels every run
+PNG_METADATA = {"Software": None}  # matplotlib writes its version here by default
+SPLITS = ("train", "val", "test")
+# Augmented samples are normalised then shown denormalised, so any stats round-trip; these are
+# the ImageNet ones the pretrained backbones use.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VIEWS_PER_IMAGE = 4  # augmentation grid: each training image shown this many times, one row
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything the train and evaluate stages wrote for one strategy."""
+    name: str
+    arch: str
+    weights: str
+    train: dict[str, Any]          # metrics/train/S.json
+    curves: list[dict[str, str]]   # plots/train/S.tsv rows
+    eval: dict[str, Any]           # metrics/eval/S.json
+    confusion: list[dict[str, str]]  # plots/confusion/S.json records
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def _read_json(path: Path, stage: str) -> Any:
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not valid JSON ({exc}); re-run `dvc repro {stage}`") from None
+
+
+def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, train_plots: Path,
+              eval_metrics: Path, confusion: Path) -> list[Run]:
+    """One Run per strategy name, in the given order; a missing file names the stage to run."""
+    runs = []
+    for name in names:
+        strategy = params.strategy(name)
+        runs.append(Run(
+            name=name, arch=strategy.arch, weights=strategy.weights,
+            train=_read_json(train_metrics / f"{name}.json", f"train@{name}"),
+            curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
+            eval=_read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
+            confusion=_read_json(confusion / f"{name}.json", f"evaluate@{name}")))
+    return runs
+
+
+def read_classes(split_dir: Path) -> list[str]:
+    path = split_dir / "classes.json"
+    return list(_read_json(path, "split")["classes"])
+
+
+def read_split(split_dir: Path, split: str) -> list[dict[str, str]]:
+    """Rows of data/split/<split>.csv (path, label, class)."""
+    path = split_dir / f"{split}.csv"
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro split` to produce it")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def best_run(runs: Sequence[Run]) -> Run:
+    """Highest test accuracy; ties go to macro-F1, then to the strategy listed first."""
+    return max(runs, key=lambda r: (r.eval["accuracy"], r.eval["macro_f1"]))  # first max wins
+
+
+# ---- markdown -------------------------------------------------------------------------------
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(map(str, line)) + " |" for line in [header, align, *rows]]
+
+
+def strategy_row(run: Run) -> list[str]:
+    t, e = run.train, run.eval
+    return [run.name, run.arch, run.weights, f"{t['trainable_params']:,}", str(t["epochs"]),
+            f"{t['best_val_acc']:.4f}", f"{e['accuracy']:.4f}", f"{e['tta']['accuracy']:.4f}",
+            f"{e['macro_f1']:.4f}", f"{e['balanced_accuracy']:.4f}"]
+
+
+def split_section(classes: Sequence[str], counts: dict[str, Counter]) -> list[str]:
+    rows = [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)]
+            for c in classes]
+    totals = [sum(counts[s].values()) for s in SPLITS]
+    rows.append(["**total**", *totals, sum(totals)])
+    return _table(["class", *SPLITS, "total"], rows, right_from=1)
+
+
+def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, Counter],
+                    runs: Sequence[Run], best: Run, links: dict[str, str]) -> str:
+    header = ["strategy", "arch", "weights", "trainable params", "epochs run", "best val acc",
+              "test accuracy", "TTA accuracy", "macro-F1", "balanced acc"]
+    per_class = [[c, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}",
+                  s["support"]] for c, s in best.eval["per_class"].items()]
+    lines = [
+        f"# transferline report: {dataset}", "",
+        f"{len(classes)} classes: {', '.join(classes)}.", "",
+        *split_section(classes, counts), "",
+        "## Strategies", "",
+        "Scores on the test split. TTA: softmax averaged over five crops (and their mirror "
+        "images when `evaluate.tta_flip`); best val acc: at the epoch the model was kept.", "",
+        *_table(header, [strategy_row(r) for r in runs], right_from=3), "",
+        f"**Best strategy: {best.name}** (highest test accuracy; ties go to macro-F1, then to "
+        "the strategy listed first in params.yaml).", "",
+        f"Per class on the test split ({best.name}, single crop):", "",
+        *_table(["class", "precision", "recall", "F1", "support"], per_class, right_from=1), "",
+        "## Figures", "",
+        "### Training curves", "",
+        "Dotted lines mark where a new training phase starts.", "",
+        *[line for r in runs
+          for line in (f"![{r.name} training curves]({links['curves-' + r.name]})", "")],
+        "### Confusion matrices (test split, single crop)", "",
+        f"![confusion matrices]({links['confusion']})", "",
+        f"### Test predictions ({best.name})", "",
+        "Titled predicted / true; mistakes first, in red.", "",
+        f"![test predictions]({links['gallery']})", "",
+        "### Augmented training samples", "",
+        f"![augmented training samples]({links['augment']})", "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, format="png", metadata=PNG_METADATA)
+
+
+def _column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows])
+
+
+def curves_figure(run: Run, path: Path) -> None:
+    """lr, loss and accuracy (train and val) against epoch; dotted lines at phase changes."""
+    epochs = _column(run.curves, "epoch")
+    phases = [r["phase"] for r in run.curves]
+    starts = [epochs[i] - 0.5 for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    panels = {"learning rate": ["lr"], "loss": ["train_loss", "val_loss"],
+              "accuracy": ["train_acc", "val_acc"]}
+    for ax, (title, keys) in zip(fig.subplots(1, 3), panels.items()):
+        for key in keys:
+            ax.plot(epochs, _column(run.curves, key), marker=".", label=key)
+        for x in starts:
+            ax.axvline(x, color="grey", linestyle=":")
+        ax.set(title=title, xlabel="epoch")
+        if len(keys) > 1:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{run.name} ({run.arch}, weights: {run.weights})")
+    _save(fig, path)
+
+
+def confusion_matrix(records: Sequence[dict[str, str]], classes: Sequence[str],
+                     source: str) -> np.ndarray:
+    """(C, C) counts, rows = actual, columns = predicted."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    for r in records:
+        if r["actual"] not in index or r["predicted"] not in index:
+            raise StageError(f"{source}: class {r['actual']!r} or {r['predicted']!r} is not in "
+                             f"data/split/classes.json; re-run `dvc repro` to refresh it")
+        counts[index[r["actual"]], index[r["predicted"]]] += 1
+    return counts
+
+
+def confusion_figure(runs: Sequence[Run], classes: Sequence[str], path: Path,
+                     confusion_dir: Path) -> None:
+    n, k = len(runs), len(classes)
+    side = min(9.0, 2.5 + 0.4 * k)  # inches per matrix
+    fig = Figure(figsize=(side * n, side + 0.5), layout="constrained")
+    for ax, run in zip(np.atleast_1d(fig.subplots(1, n)), runs):
+        counts = confusion_matrix(run.confusion, classes, str(confusion_dir / f"{run.name}.json"))
+        ax.imshow(counts, cmap="Blues")
+        ticks = range(k) if k <= 40 else []
+        ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize="small")
+        ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize="small")
+        ax.set(title=f"{run.name}: acc {run.eval['accuracy']:.3f}", xlabel="predicted",
+               ylabel="actual")
+        if k <= 20:  # beyond that the numbers overlap
+            top = counts.max() or 1
+            for (i, j), c in np.ndenumerate(counts):
+                ax.text(j, i, str(c), ha="center", va="center", fontsize="small",
+                        color="white" if c > top / 2 else "black")
+    _save(fig, path)
+
+
+def gallery_records(records: Sequence[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """The first n records, mistakes first, each group by path: deterministic, and the
+    interesting images are shown."""
+    return sorted(records, key=lambda r: (r["actual"] == r["predicted"], r["path"]))[:n]
+
+
+def _grid(n: int, cols: int, cell: float) -> tuple[Figure, list]:
+    rows = math.ceil(n / cols)
+    # at least 5 inches wide so the title fits over a single image
+    fig = Figure(figsize=(max(cell * cols, 5.0), (cell + 0.35) * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, list(axes)
+
+
+def _image(clean_dir: Path, rel: str):
+    """(3, H, W) uint8 as the training loader sees it."""
+    path = clean_dir / rel
+    if not path.is_file():
+        raise StageError(f"{path}: image listed in data/split or plots/confusion is missing; "
+                         "re-run `dvc repro` to rebuild data/clean")
+    return transforms.read_image(path)
+
+
+def _hwc(image) -> np.ndarray:
+    return np.asarray(image).transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3) for imshow
+
+
+def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path,
+                   path: Path) -> None:
+    chosen = gallery_records(records, n)
+    fig, axes = _grid(max(len(chosen), 1), min(max(len(chosen), 1), 4), 2.2)
+    for ax, r in zip(axes, chosen):
+        wrong = r["actual"] != r["predicted"]
+        ax.imshow(_hwc(_image(clean_dir, r["path"])))
+        ax.set_title(f"{r['predicted']} / {r['actual']}", fontsize="small",
+                     color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
+        if wrong:  # a red frame as well as a red title
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set(color="red", linewidth=3)
+    fig.suptitle("predicted / true (mistakes in red)")
+    _save(fig, path)
+
+
+def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean_dir: Path,
+                   path: Path) -> None:
+    """n augmented views of training images (VIEWS_PER_IMAGE per image, one image per row),
+    images picked and augmented from `seed`."""
+    if not rows:
+        raise StageError("data/split/train.csv has no rows; nothing to show as augmentation")
+    train = params.train
+    tf = transforms.train_transform(image_size=train.image_size, augment=train.augment,
+                                    mean=MEAN, std=STD)
+    cols = min(n, VIEWS_PER_IMAGE)
+    rng = np.random.default_rng(params.seed)
+    picks = rng.choice(len(rows), size=min(len(rows), math.ceil(n / cols)), replace=False)
+    torch.manual_seed(params.seed)
+    fig, axes = _grid(n, cols, 2.0)
+    for i, ax in enumerate(axes[:n]):
+        row = rows[int(picks[(i // cols) % len(picks)])]
+        shown = transforms.denormalize(tf(_image(clean_dir, row["path"])), MEAN, STD)
+        ax.imshow(np.clip(_hwc(shown).astype(np.float32), 0, 1))  # (S, S, 3) in [0, 1]
+        ax.set_title(row["class"], fontsize="small")
+    fig.suptitle(f"training augmentation at {train.image_size} px (seed {params.seed})")
+    _save(fig, path)
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+def _publish(tmp: Path, out: Path, figures: Path) -> None:
+    """Swap the finished report and figures in; an earlier report survives a failed run."""
+    old = figures.with_name(f".{figures.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if figures.exists():
+        os.replace(figures, old)
+    os.replace(tmp / "figures", figures)
+    os.replace(tmp / "report.md", out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
+           eval_metrics: Path, confusion: Path, out: Path, figures: Path,
+           params: Params) -> dict[str, Any]:
+    """Write report.md and its figures; return the best strategy, the table rows and the
+    figure links (relative to report.md)."""
+    clean_dir, split_dir, out, figures = map(Path, (clean_dir, split_dir, out, figures))
+    runs = load_runs(list(params.strategies), params, train_metrics=Path(train_metrics),
+                     train_plots=Path(train_plots), eval_metrics=Path(eval_metrics),
+                     confusion=Path(confusion))
+    classes = read_classes(split_dir)
+    rows = {s: read_split(split_dir, s) for s in SPLITS}
+    counts = {s: Counter(r["class"] for r in rows[s]) for s in SPLITS}
+    best = best_run(runs)
+    names = [*(f"curves-{r.name}" for r in runs), "confusion", "gallery", "augment"]
+    links = {n: Path(os.path.relpath(figures / f"{n}.png", out.parent)).as_posix() for n in names}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=figures.parent))
+    try:
+        fig_dir = tmp / "figures"
+        fig_dir.mkdir()
+        with style.context("default"):  # ignore any user matplotlibrc
+            for run in runs:
+                curves_figure(run, fig_dir / f"curves-{run.name}.png")
+            confusion_figure(runs, classes, fig_dir / "confusion.png", Path(confusion))
+            gallery_figure(best.confusion, params.report.gallery, clean_dir,
+                           fig_dir / "gallery.png")
+            augment_figure(rows["train"], params.report.augment_samples, params, clean_dir,
+                           fig_dir / "augment.png")
+        text = render_markdown(dataset=params.dataset, classes=classes, counts=counts,
+                               runs=runs, best=best, links=links)
+        (tmp / "report.md").write_text(text, encoding="utf-8", newline="\n")
+        _publish(tmp, out, figures)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"best": best.name, "rows": [strategy_row(r) for r in runs], "links": links}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, what in [("--clean", "data/clean (images)"),
+                       ("--split", "data/split (classes.json, train/val/test.csv)"),
+                       ("--train-metrics", "folder of metrics/train/<strategy>.json"),
+                       ("--train-plots", "folder of plots/train/<strategy>.tsv"),
+                       ("--eval-metrics", "folder of metrics/eval/<strategy>.json"),
+                       ("--confusion", "folder of plots/confusion/<strategy>.json"),
+                       ("--out", "report markdown to write"),
+                       ("--figures", "folder of PNG figures to write")]:
+        ap.add_argument(flag, type=Path, required=True, help=what)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load()
+    result = report(clean_dir=args.clean, split_dir=args.split,
+                    train_metrics=args.train_metrics, train_plots=args.train_plots,
+                    eval_metrics=args.eval_metrics, confusion=args.confusion, out=args.out,
+                    figures=args.figures, params=params)
+    print(f"{args.out}: {len(result['rows'])} strategies, best {result['best']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,92 @@
+"""The one set of image transforms that train, evaluate and report share.
+
+Everything works on uint8 CHW tensors (as `read_image` returns them) with torchvision's
+transforms.v2, so a figure in the report shows exactly what the network was fed. Geometry runs
+first on uint8 (cheap, and crops shrink the work for what follows); conversion to float and
+normalisation come last.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+
+# Eval resizes the shorter side to image_size / CROP_PCT, then centre-crops image_size
+# (the usual 224 -> 256 ratio).
+CROP_PCT = 0.875
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a (3, H, W) uint8 RGB tensor."""
+    return decode_image(str(path), mode=ImageReadMode.RGB)
+
+
+def resize_size(image_size: int) -> int:
+    """Shorter side (px) the eval transforms resize to before the centre crop."""
+    return round(image_size / CROP_PCT)
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def train_transform(*, image_size: int, augment, mean: Sequence[float],
+                    std: Sequence[float]) -> v2.Compose:
+    """Random crop/flip/rotation/colour jitter per `augment` (params.Augment), then normalise.
+
+    crop_scale == [1, 1] means no crop augmentation: the shorter side is resized to image_size
+    and the centre square kept (the whole image, as far as a square allows).
+    """
+    lo, hi = augment.crop_scale
+    if lo == hi == 1.0:
+        steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    else:
+        steps = [v2.RandomResizedCrop(image_size, scale=(lo, hi), antialias=True)]
+    if augment.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=augment.hflip))
+    if augment.rotation > 0:
+        steps.append(v2.RandomRotation(augment.rotation))
+    if augment.color_jitter > 0:
+        j = augment.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+    return v2.Compose(steps + _normalize(mean, std))
+
+
+def eval_transform(*, image_size: int, mean: Sequence[float],
+                   std: Sequence[float]) -> v2.Compose:
+    """Resize the shorter side to resize_size(image_size), centre-crop, normalise."""
+    return v2.Compose([v2.Resize(resize_size(image_size), antialias=True),
+                       v2.CenterCrop(image_size)] + _normalize(mean, std))
+
+
+class _TTA:
+    """Five crops (corners + centre) of the resized image, plus their mirror images when flip.
+
+    A class rather than a closure so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, image_size: int, mean, std, flip: bool):
+        crops = v2.TenCrop(image_size) if flip else v2.FiveCrop(image_size)
+        self.resize = v2.Resize(resize_size(image_size), antialias=True)
+        self.crops = crops
+        self.normalize = v2.Compose(_normalize(mean, std))
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        views = self.crops(self.resize(img))      # tuple of V (3, H, W) uint8
+        return self.normalize(torch.stack(views))  # (V, 3, H, W) float32
+
+
+def tta_transform(*, image_size: int, mean: Sequence[float], std: Sequence[float],
+                  flip: bool) -> _TTA:
+    """Callable: uint8 (3, H, W) -> (V, 3, image_size, image_size), V = 10 with flip, else 5."""
+    return _TTA(image_size, mean, std, flip)
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo Normalize for display: (..., 3, H, W) float -> same shape in [0, 1]."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * s + m).clamp(0, 1)

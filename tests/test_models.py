@@ -1,0 +1,209 @@
+"""stages/models.py: registry, generic head, trainable selection, BN modes, checkpoints."""
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stages import models
+from stages.params import StageError
+from stages.transforms import eval_transform
+
+REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",
+            "efficientnet_b0", "efficientnet_lite0", "cnn1", "cnn2", "cnn3"]
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _step(model, x, y) -> None:
+    """One SGD step on the trainable parameters, with frozen parts in eval mode."""
+    models.train_mode(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_registry_has_the_agreed_archs():
+    assert set(REQUIRED) <= set(models.ARCHS)
+
+
+@pytest.mark.parametrize("arch", REQUIRED)
+def test_head_is_replaced_generically_for_every_arch(arch):
+    torch.manual_seed(0)
+    model = models.build(arch, 7, "none").eval()
+    head = model.get_submodule(models.head_name(model))
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+    # it is the last Linear, and the only one with 7 outputs
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1] == \
+        models.head_name(model)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    names = models.blocks(model, arch)
+    modules = list(dict(model.named_modules()))
+    assert names and all(n in modules for n in names)
+    assert [modules.index(n) for n in names] == sorted(modules.index(n) for n in names)
+    mean, std = models.norm_stats(arch)
+    assert len(mean) == len(std) == 3
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(StageError, match="unknown arch 'resnet19'.*resnet18.*efficientnet_lite0"):
+        models.build("resnet19", 3, "none")
+
+
+def test_small_cnn_has_no_pretrained_weights():
+    with pytest.raises(StageError, match="cnn2 has no pretrained weights.*weights: none"):
+        models.build("cnn2", 3, "pretrained")
+
+
+def test_torchvision_weights_offline_name_the_file_and_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    # no real download is attempted, with or without network
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(StageError) as err:
+        models.build("resnet18", 3, "pretrained")
+    msg = str(err.value)
+    assert "resnet18-f37072fd.pth" in msg
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+
+
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    from sklearn.datasets import load_sample_image
+    from torchvision.models import ResNet18_Weights
+    categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet names, offline
+    net = models.ARCHS["efficientnet_lite0"].make(True).eval()  # keeps the ImageNet head
+    mean, std = models.norm_stats("efficientnet_lite0")
+    assert mean == std == [0.5, 0.5, 0.5]
+    img = torch.from_numpy(np.ascontiguousarray(load_sample_image("china.jpg"))).permute(2, 0, 1)
+    with torch.no_grad():
+        probs = net(eval_transform(image_size=224, mean=mean, std=std)(img)[None]).softmax(1)[0]
+    assert categories[int(probs.argmax())] == "palace" and probs.max() > 0.3
+
+    torch.manual_seed(0)
+    pretrained = models.build("efficientnet_lite0", 3, "pretrained")
+    torch.manual_seed(0)
+    scratch = models.build("efficientnet_lite0", 3, "none")
+    assert torch.equal(pretrained.conv_stem.weight, net.conv_stem.weight)
+    assert not torch.equal(pretrained.conv_stem.weight, scratch.conv_stem.weight)
+
+
+# ---- which parameters train -----------------------------------------------------------------
+
+CNN3_CASES = {
+    "all": ["features", "head"],
+    "head": ["head"],
+    1: ["features.2", "head"],
+    2: ["features.1", "features.2", "head"],
+    ("features.0",): ["features.0", "head"],
+    ("features.1.1",): ["features.1.1", "head"],  # a single BatchNorm inside a block
+}
+
+
+@pytest.mark.parametrize("trainable", CNN3_CASES, ids=str)
+def test_exactly_the_selected_parameters_change_after_a_step(trainable):
+    torch.manual_seed(0)
+    model = models.build("cnn3", 3, "none")
+    spec = list(trainable) if isinstance(trainable, tuple) else trainable
+    info = models.set_trainable(model, "cnn3", spec)
+    assert info["trainable_modules"] == CNN3_CASES[trainable]
+    before = _params(model)
+    _step(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    expected = {n for n in before
+                if any(n.startswith(m + ".") for m in CNN3_CASES[trainable])}
+    assert changed == expected
+    assert info["trainable_params"] == sum(before[n].numel() for n in expected)
+    assert info["total_params"] == sum(t.numel() for t in before.values())
+
+
+def test_last_block_of_lite0_includes_conv_head_and_bn2():
+    torch.manual_seed(0)
+    model = models.build("efficientnet_lite0", 2, "none")
+    info = models.set_trainable(model, "efficientnet_lite0", 1)
+    assert info["trainable_modules"] == ["blocks.6", "conv_head", "bn2", "classifier"]
+    before = _params(model)
+    _step(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    changed = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+               for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"blocks.6", "conv_head", "bn2", "classifier"}
+
+
+def test_bad_trainable_values_name_the_choices():
+    model = models.build("cnn3", 3, "none")
+    with pytest.raises(StageError, match="cnn3 has 3 blocks"):
+        models.set_trainable(model, "cnn3", 4)
+    with pytest.raises(StageError, match=r"no module named \['layer9'\].*features"):
+        models.set_trainable(model, "cnn3", ["layer9"])
+
+
+def test_frozen_batchnorm_statistics_stay_put_in_train_mode():
+    torch.manual_seed(0)
+    model = models.build("cnn3", 3, "none")
+    models.set_trainable(model, "cnn3", 1)  # features.0 and .1 frozen, .2 and head train
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    models.train_mode(model)
+    assert model.training and model.features[2].training and model.head.training
+    assert not model.features[0].training and not model.features[1][1].training
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32) * 3 + 1)
+    moved = {n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])}
+    assert moved == {"features.2.1.running_mean", "features.2.1.running_var",
+                     "features.2.1.num_batches_tracked"}
+
+
+def test_train_mode_leaves_the_dropout_before_the_head_on():
+    model = models.build("efficientnet_b0", 3, "none")  # classifier = Dropout, Linear
+    models.set_trainable(model, "efficientnet_b0", "head")
+    models.train_mode(model)
+    assert model.classifier[0].training and not model.features.training
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def _meta(arch="cnn2", classes=("a", "b", "c")) -> dict:
+    return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
+            "transform": {"image_size": 32, "resize_size": 37, "mean": [0.5] * 3,
+                          "std": [0.5] * 3},
+            "strategy": {"name": "t"}, "best_epoch": 1, "select": "val_acc"}
+
+
+def test_checkpoint_reloads_alone_and_predicts_the_same(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("cnn2", 3, "none")
+    _step(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))  # move BN stats too
+    model.eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    path = tmp_path / "models" / "t.pt"
+    models.save_checkpoint(path, model, _meta())
+    assert [p.name for p in path.parent.iterdir()] == ["t.pt"]  # no temporary left behind
+    torch.manual_seed(123)  # a different random init must not leak into the loaded model
+    loaded, ckpt = models.load_checkpoint(path)
+    assert not loaded.training
+    assert ckpt["classes"] == ["a", "b", "c"] and ckpt["transform"]["image_size"] == 32
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+def test_same_tensors_give_the_same_checkpoint_bytes(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("cnn1", 3, "none")
+    models.save_checkpoint(tmp_path / "a" / "m.pt", model, _meta("cnn1"))
+    models.save_checkpoint(tmp_path / "b" / "m.pt", model, _meta("cnn1"))
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+
+
+def test_missing_checkpoint_says_to_run_train(tmp_path):
+    with pytest.raises(StageError, match="not found; run the train stage"):
+        models.load_checkpoint(tmp_path / "nope.pt")

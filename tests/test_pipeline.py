@@ -1,0 +1,163 @@
+"""The whole pipeline under real DVC in a throw-away git repo, on the demo shrunk to seconds:
+`dvc repro` end to end, metrics and plots as DVC shows them, byte-identical re-runs, branches
+compared with `dvc metrics diff` / `dvc plots diff`, `dvc exp run -S`, and a local DVC remote.
+
+The repo is built once per module (a full run takes about a minute on 2 cores); tests that change
+it work on their own clone or branch.
+"""
+import json
+import shutil
+
+import pytest
+
+from conftest import DVC, make_project_repo, run
+
+pytestmark = pytest.mark.slow
+
+STRATEGIES = ["scratch", "finetune", "feature_extractor", "partial"]
+
+
+def tiny(params: dict) -> dict:
+    """The shipped params shrunk to a seconds-long CPU run (same stages, same strategies)."""
+    params["datasets"]["demo"]["generate"].update(per_class=24, size=48)
+    params["train"].update(image_size=48, workers=0, batch_size=16)
+    for name, strategy in params["strategies"].items():
+        strategy["epochs"] = 1
+        for phase in strategy.get("phases", []):
+            phase["epochs"] = 1
+    params["evaluate"]["batch_size"] = 32
+    params["report"].update(gallery=4, augment_samples=4)
+    return params
+
+
+def git(repo, *args):
+    return run(["git", *args], repo).stdout
+
+
+def dvc(repo, *args, check=True):
+    return run(DVC + list(args), repo, check=check)
+
+
+def tracked_state(repo) -> dict[str, bytes]:
+    """dvc.lock plus every small tracked output, by path."""
+    paths = ["dvc.lock", *sorted(p.relative_to(repo).as_posix() for folder in
+             ("metrics", "plots", "reports") for p in (repo / folder).rglob("*") if p.is_file())]
+    return {p: (repo / p).read_bytes() for p in paths}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, request):
+    import yaml
+    from conftest import ROOT
+    params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    repo = make_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", params)
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "demo results")
+    return repo
+
+
+def test_repro_runs_every_stage_and_leaves_status_clean(project):
+    lock = (project / "dvc.lock").read_text()
+    for stage in ["download", "extract", "clean", "split", "report"]:
+        assert f"\n  {stage}:" in lock
+    for name in STRATEGIES:
+        assert f"train@{name}:" in lock and f"evaluate@{name}:" in lock
+        assert (project / "models" / f"{name}.pt").stat().st_size > 0
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert git(project, "status", "--porcelain") == ""
+    # nothing to do a second time
+    assert "Stage 'train@finetune' didn't change, skipping" in dvc(project, "repro").stdout
+
+
+def test_metrics_show_has_a_row_per_strategy(project):
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    files = shown[""]["data"]
+    for name in STRATEGIES:
+        metrics = files[f"metrics/eval/{name}.json"]["data"]
+        assert 0 <= metrics["accuracy"] <= 1
+        assert set(metrics["tta"]) >= {"accuracy", "macro_f1"}
+    keys = {frozenset(files[f"metrics/eval/{n}.json"]["data"]) for n in STRATEGIES}
+    assert len(keys) == 1, "every strategy's metrics file has the same keys"
+
+
+def test_plots_show_confusion_with_class_names(project):
+    shown = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    classes = json.loads((project / "data/split/classes.json").read_text())["classes"]
+    for name in STRATEGIES:
+        (plot,) = [v for k, v in shown["data"].items() if k.endswith(f"plots/confusion/{name}.json")]
+        values = plot[0]["content"]["data"]["values"]
+        assert {v["actual"] for v in values} <= set(classes)
+        assert {v["predicted"] for v in values} <= set(classes)
+    assert "val_acc" in shown["data"] and "val_loss" in shown["data"]
+
+
+def test_forced_rerun_is_byte_identical(project):
+    before = tracked_state(project)
+    dvc(project, "repro", "--force")
+    assert tracked_state(project) == before
+    assert git(project, "status", "--porcelain") == ""
+
+
+def copy_of(project, dest):
+    """An independent copy of the fixture repo (git history, DVC cache and outputs)."""
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
+
+
+def set_param(repo, strategy, key, value):
+    import yaml
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["strategies"][strategy][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_branch_metrics_and_plots_diff(project, tmp_path):
+    repo = copy_of(project, tmp_path / "repo")
+    git(repo, "checkout", "-q", "-b", "lr-change")
+    set_param(repo, "finetune", "lr", 0.05)
+    ran = dvc(repo, "repro").stdout
+    assert "Running stage 'train@finetune'" in ran
+    assert "Running stage 'train@scratch'" not in ran        # only what the change touches
+    git(repo, "commit", "-q", "-am", "finetune lr 0.05")
+
+    diff = json.loads(dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--json").stdout)
+    for name in STRATEGIES:
+        accuracy = diff[f"metrics/eval/{name}.json"]["accuracy"]
+        assert accuracy["old"] is not None and accuracy["new"] is not None
+    markdown = dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--md").stdout
+    assert all(f"metrics/eval/{name}.json" in markdown for name in STRATEGIES)
+
+    plots = json.loads(dvc(repo, "plots", "diff", "main", "lr-change", "--json").stdout)
+    assert set(plots["data"]["val_acc"][0]["revisions"]) == {"main", "lr-change"}
+
+    from tools.compare import render
+    section = render(diff, "main", "lr-change")
+    for name in STRATEGIES:
+        assert f"| {name} |" in section
+
+
+def test_exp_run_with_set_param_is_listed(project, tmp_path):
+    repo = copy_of(project, tmp_path / "repo")
+    dvc(repo, "exp", "run", "-n", "lr-0.02", "-S", "strategies.finetune.lr=0.02")
+    shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
+    (row,) = [line for line in shown.splitlines() if "lr-0.02" in line]
+    assert "0.02" in row
+    # the experiment's results are in the workspace, its params applied there too
+    assert "lr: 0.02" in (repo / "params.yaml").read_text()
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+
+def test_remote_push_then_fresh_clone_pulls_without_retraining(project, tmp_path):
+    repo = copy_of(project, tmp_path / "repo")
+    dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    git(repo, "commit", "-q", "-am", "add a DVC remote")
+    dvc(repo, "push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    assert (clone / "models" / "finetune.pt").read_bytes() == \
+        (repo / "models" / "finetune.pt").read_bytes()
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    assert "Running stage" not in dvc(clone, "repro").stdout

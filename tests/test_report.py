@@ -1,0 +1,204 @@
+"""stages.report on train/evaluate outputs written by hand into tmp_path, with a tiny generated
+clean dataset for the gallery and the augmentation grid."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import cv2
+import pytest
+
+from stages.params import StageError, validate
+from stages.report import best_run, confusion_matrix, gallery_records, load_runs, report
+from tests.conftest import make_image_folder
+
+CLASSES = ["a", "b", "c"]
+# Deliberately not alphabetical: the table must follow params.yaml's order.
+STRATEGIES = {
+    "zeta": {"arch": "cnn1", "weights": "none", "epochs": 2},
+    "alpha": {"arch": "efficientnet_lite0", "weights": "pretrained", "trainable": "head",
+              "epochs": 2, "phases": [{"trainable": 1, "epochs": 2}]},
+}
+TRAIN = {"zeta": {"best_epoch": 2, "best_val_acc": 0.5, "best_val_loss": 1.0, "epochs": 2,
+                  "trainable_params": 1234, "total_params": 1234},
+         "alpha": {"best_epoch": 4, "best_val_acc": 0.875, "best_val_loss": 0.4, "epochs": 4,
+                   "trainable_params": 3012345, "total_params": 3400000}}
+# zeta: test accuracy 0.555556, alpha 0.777778 -> alpha is best
+EVAL = {"zeta": (0.555556, 0.611111, 0.5, 0.54321),
+        "alpha": (0.777778, 0.888889, 0.765432, 0.777778)}  # acc, tta acc, macro F1, bal. acc
+
+
+def write_split(split_dir: Path, clean_dir: Path) -> dict[str, list[tuple[str, int]]]:
+    """classes.json and train/val/test.csv: per class, images 0-2 test, 3 val, 4-5 train."""
+    splits = {"train": [], "val": [], "test": []}
+    for path in sorted((clean_dir / "images").glob("*/*.jpg")):
+        i = int(path.stem)
+        name = "test" if i < 3 else "val" if i == 3 else "train"
+        splits[name].append((path.relative_to(clean_dir).as_posix(),
+                             CLASSES.index(path.parent.name)))
+    split_dir.mkdir(parents=True)
+    (split_dir / "classes.json").write_text(json.dumps({"classes": CLASSES}))
+    for name, rows in splits.items():
+        with (split_dir / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["path", "label", "class"])
+            w.writerows([p, y, CLASSES[y]] for p, y in sorted(rows))
+    return splits
+
+
+def eval_metrics(acc, tta, f1, bal):
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 3} for c in CLASSES}
+    return {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.9,
+            "tta": {"accuracy": tta, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.8},
+            "per_class": per_class}
+
+
+def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong: int) -> None:
+    """metrics/train, plots/train (two phases when the strategy has them), metrics/eval and
+    plots/confusion for one strategy; the first `wrong` test images are mispredicted."""
+    for sub in ("metrics/train", "plots/train", "metrics/eval", "plots/confusion"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "metrics/train" / f"{name}.json").write_text(json.dumps(TRAIN[name]))
+    lines = ["epoch\tphase\tlr\ttrain_loss\ttrain_acc\tval_loss\tval_acc"]
+    for e in range(1, TRAIN[name]["epochs"] + 1):
+        phase = 1 if e <= 2 else 2
+        lines.append(f"{e}\t{phase}\t{0.01 / e}\t{1.5 / e}\t{0.3 + 0.1 * e}\t{1.6 / e}\t"
+                     f"{0.25 + 0.1 * e}")
+    (root / "plots/train" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    (root / "metrics/eval" / f"{name}.json").write_text(json.dumps(eval_metrics(*EVAL[name])))
+    records = [{"actual": CLASSES[y], "predicted": CLASSES[(y + (i < wrong)) % 3], "path": p}
+               for i, (p, y) in enumerate(test_rows)]
+    (root / "plots/confusion" / f"{name}.json").write_text(json.dumps(records))
+
+
+@pytest.fixture
+def inputs(tmp_path, params_raw):
+    clean = make_image_folder(tmp_path / "clean" / "images", classes=CLASSES, per_class=6,
+                              size=40).parent
+    splits = write_split(tmp_path / "split", clean)
+    for name, wrong in (("zeta", 4), ("alpha", 2)):
+        write_outputs(tmp_path, name, splits["test"], wrong)
+    params_raw["strategies"] = STRATEGIES
+    params_raw["train"]["image_size"] = 32
+    params_raw["report"] = {"gallery": 5, "augment_samples": 6}
+    return tmp_path, validate(params_raw)
+
+
+def run_report(root: Path, params, out="reports"):
+    return report(clean_dir=root / "clean", split_dir=root / "split",
+                  train_metrics=root / "metrics/train", train_plots=root / "plots/train",
+                  eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion",
+                  out=root / out / "report.md", figures=root / out / "figures", params=params)
+
+
+def table_rows(text: str, first_header: str) -> list[list[str]]:
+    """Body rows of the markdown table whose first header cell is `first_header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_table_has_one_row_per_strategy_in_params_order(inputs):
+    root, params = inputs
+    result = run_report(root, params)
+    text = (root / "reports" / "report.md").read_text()
+    rows = table_rows(text, "strategy")
+    assert rows == [
+        ["zeta", "cnn1", "none", "1,234", "2", "0.5000", "0.5556", "0.6111", "0.5000", "0.5432"],
+        ["alpha", "efficientnet_lite0", "pretrained", "3,012,345", "4", "0.8750", "0.7778",
+         "0.8889", "0.7654", "0.7778"]]
+    assert result["best"] == "alpha"
+    assert "**Best strategy: alpha**" in text
+
+
+def test_header_names_dataset_classes_and_split_counts(inputs):
+    root, params = inputs
+    run_report(root, params)
+    text = (root / "reports" / "report.md").read_text()
+    assert text.startswith(f"# transferline report: {params.dataset}\n")
+    assert "3 classes: a, b, c." in text
+    rows = table_rows(text, "class")
+    assert rows[:3] == [[c, "2", "1", "3", "6"] for c in CLASSES]
+    assert rows[3] == ["**total**", "6", "3", "9", "18"]
+
+
+def test_links_resolve_to_pngs_that_decode(inputs):
+    root, params = inputs
+    run_report(root, params)
+    out = root / "reports"
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert len(links) == len(STRATEGIES) + 3  # curves per strategy, confusion, gallery, augment
+    assert all(not Path(link).is_absolute() for link in links)
+    for link in links:
+        image = cv2.imread(str(out / link))
+        assert image is not None, link
+        assert min(image.shape[:2]) > 100
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        Path(link).name for link in links)  # nothing else, no temp leftovers
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_two_runs_are_byte_identical(inputs):
+    root, params = inputs
+    run_report(root, params, out="first")
+    run_report(root, params, out="second")
+    run_report(root, params, out="second")  # over an existing report, too
+    first, second = root / "first", root / "second"
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert len(files) == 1 + len(STRATEGIES) + 3
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    assert b"matplotlib" not in (first / "figures" / "gallery.png").read_bytes()
+
+
+@pytest.mark.parametrize("missing, command", [("metrics/train/alpha.json", "train@alpha"),
+                                              ("plots/confusion/zeta.json", "evaluate@zeta")])
+def test_missing_strategy_output_is_named_and_old_report_kept(inputs, missing, command):
+    root, params = inputs
+    run_report(root, params)
+    before = (root / "reports" / "report.md").read_bytes()
+    (root / missing).unlink()
+    with pytest.raises(StageError, match=re.escape(missing) + ".*" + re.escape(command)):
+        run_report(root, params)
+    assert (root / "reports" / "report.md").read_bytes() == before
+
+
+def test_gallery_shows_mistakes_first_then_by_path():
+    records = [{"actual": "a", "predicted": "a", "path": "1"},
+               {"actual": "a", "predicted": "b", "path": "3"},
+               {"actual": "b", "predicted": "b", "path": "0"},
+               {"actual": "c", "predicted": "a", "path": "2"}]
+    assert [r["path"] for r in gallery_records(records, 3)] == ["2", "3", "0"]
+
+
+def test_confusion_matrix_counts_rows_actual_columns_predicted():
+    records = [{"actual": "a", "predicted": "b", "path": "x"},
+               {"actual": "a", "predicted": "b", "path": "y"},
+               {"actual": "c", "predicted": "c", "path": "z"}]
+    counts = confusion_matrix(records, CLASSES, "s.json")
+    assert counts.tolist() == [[0, 2, 0], [0, 0, 0], [0, 0, 1]]
+    with pytest.raises(StageError, match="s.json.*'d'"):
+        confusion_matrix([{"actual": "d", "predicted": "a", "path": "x"}], CLASSES, "s.json")
+
+
+def test_best_is_highest_accuracy_then_macro_f1_then_first_listed(inputs):
+    root, params = inputs
+    dirs = dict(train_metrics=root / "metrics/train", train_plots=root / "plots/train",
+                eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion")
+    zeta, alpha = load_runs(["zeta", "alpha"], params, **dirs)
+    assert best_run([zeta, alpha]).name == "alpha"
+    for name in ("zeta", "alpha"):  # a tie on accuracy and macro-F1
+        (root / "metrics/eval" / f"{name}.json").write_text(
+            json.dumps(eval_metrics(0.7, 0.7, 0.6, 0.7)))
+    assert best_run(load_runs(["alpha", "zeta"], params, **dirs)).name == "alpha"
+    assert best_run(load_runs(["zeta", "alpha"], params, **dirs)).name == "zeta"
+    (root / "metrics/eval/alpha.json").write_text(json.dumps(eval_metrics(0.7, 0.7, 0.65, 0.7)))
+    assert best_run(load_runs(["zeta", "alpha"], params, **dirs)).name == "alpha"

@@ -1,0 +1,271 @@
+"""stages/train.py on tiny generated data: which parameters train, phases, checkpoints,
+byte-identical reruns, cached features, early stopping and input errors."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+from stages import data, models
+from stages import train as train_stage
+from stages.params import ParamsError, StageError, run_main, validate
+from stages.transforms import eval_transform
+
+CLASSES = ("a", "b", "c")
+
+
+def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple[Path, Path]:
+    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json."""
+    clean, split = root / "clean", root / "split"
+    make_image_folder(clean / "images", classes=CLASSES, per_class=per_class, size=size)
+    split.mkdir(parents=True)
+    (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    rows = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(CLASSES):
+        for i in range(per_class):
+            which = "val" if i < val_per_class else "train"
+            rows[which].append((f"images/{cls}/{i}.jpg", label, cls))
+    for name, items in rows.items():
+        with (split / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "class"])
+            w.writerows(sorted(items))
+    return clean, split
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path]:
+    return make_clean_split(tmp_path_factory.mktemp("data"))
+
+
+def make_params(params_raw: dict, strategies: dict, **train) -> object:
+    """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
+    raw = dict(params_raw)
+    raw["threads"] = 1
+    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0,
+                    "device": "cpu", **train}
+    raw["strategies"] = strategies
+    return validate(raw)
+
+
+def run_train(params, name: str, dataset, out: Path) -> dict:
+    clean, split = dataset
+    return train_stage.train(name, params, clean_dir=clean, split_dir=split,
+                             model_path=out / "m.pt", metrics_path=out / "m.json",
+                             plots_path=out / "p.tsv")
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _initial(arch: str, weights: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The weights train() starts from: same seed, same build call."""
+    torch.manual_seed(seed)
+    return models.build(arch, len(CLASSES), weights).state_dict()
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {n for n in before if not torch.equal(before[n], after[n])}
+
+
+def _touching(names: set[str], prefixes: list[str]) -> set[str]:
+    return {n for n in names if any(n.startswith(p + ".") for p in prefixes)}
+
+
+# Per strategy kind: the module prefixes whose tensors (parameters AND BN buffers) may change.
+KINDS = {
+    "all": ("cnn3", "none", "all", ["features", "head"]),
+    "head": ("cnn3", "none", "head", ["head"]),
+    "last_block": ("cnn3", "none", 1, ["features.2", "head"]),
+    "named": ("cnn3", "none", ["features.0"], ["features.0", "head"]),
+    "lite0_last_block": ("efficientnet_lite0", "pretrained", 1,
+                         ["blocks.6", "conv_head", "bn2", "classifier"]),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exactly_the_intended_tensors_change(kind, dataset, params_raw, tmp_path):
+    arch, weights, trainable, prefixes = KINDS[kind]
+    params = make_params(params_raw, {"s": {"arch": arch, "weights": weights,
+                                            "trainable": trainable, "optimizer": "sgd",
+                                            "lr": 0.05, "epochs": 1}})
+    result = run_train(params, "s", dataset, tmp_path)
+    before = _initial(arch, weights)
+    model, _ = models.load_checkpoint(tmp_path / "m.pt")
+    after = model.state_dict()
+    expected = _touching(set(before), prefixes)
+    # parameters and BN buffers of the trained part move; everything else is bit-identical
+    # (frozen BN running statistics included)
+    assert _changed(before, after) == expected
+    params_trained = {n for n, _ in model.named_parameters()} & expected
+    assert result["trainable_params"] == sum(before[n].numel() for n in params_trained)
+
+
+def test_phases_switch_at_the_declared_epoch(dataset, params_raw, tmp_path):
+    strategy = {"arch": "cnn3", "weights": "none", "trainable": "head", "optimizer": "sgd",
+                "lr": 0.05, "epochs": 2,
+                "phases": [{"trainable": 1, "lr": 0.01, "epochs": 2}]}
+    result = run_train(make_params(params_raw, {"partial": strategy}), "partial", dataset,
+                       tmp_path)
+    rows = read_tsv(tmp_path / "p.tsv")
+    assert list(rows[0]) == list(train_stage.PLOT_COLUMNS)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert [r["phase"] for r in rows] == ["1", "1", "2", "2"]
+    assert [float(r["lr"]) for r in rows] == [0.05, 0.05, 0.01, 0.01]
+    head, last = (p["trainable_params"] for p in result["phases"])
+    assert result["phases"][0]["trainable_modules"] == ["head"]
+    assert result["phases"][1]["trainable_modules"] == ["features.2", "head"]
+    assert head < last
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["trainable_params"] == last and metrics["epochs"] == 4
+    assert set(metrics) == {"best_epoch", "best_val_acc", "best_val_loss", "epochs",
+                            "trainable_params", "total_params"}
+
+
+def test_checkpoint_holds_the_best_epoch_and_reloads_alone(dataset, params_raw, tmp_path):
+    params = make_params(params_raw, {"s": {"arch": "cnn2", "weights": "none", "lr": 0.02,
+                                            "optimizer": "adam", "epochs": 4}},
+                         select="val_loss")
+    run_train(params, "s", dataset, tmp_path)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    rows = read_tsv(tmp_path / "p.tsv")
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert metrics["best_epoch"] == int(best["epoch"])
+    model, ckpt = models.load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["best_epoch"] == metrics["best_epoch"] and ckpt["select"] == "val_loss"
+    assert ckpt["classes"] == list(CLASSES) and ckpt["arch"] == "cnn2"
+    assert ckpt["strategy"]["phases"][0]["lr"] == 0.02
+    # the reloaded model reproduces the best epoch's validation numbers on its own
+    clean, split = dataset
+    t = ckpt["transform"]
+    ds = data.ImageDataset(clean, data.read_rows(split, "val"),
+                           eval_transform(image_size=t["image_size"], mean=t["mean"],
+                                          std=t["std"]))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        out = model(x)
+    assert (out.argmax(1) == y).float().mean().item() == pytest.approx(metrics["best_val_acc"])
+    loss = torch.nn.functional.cross_entropy(out, y).item()
+    assert loss == pytest.approx(metrics["best_val_loss"], abs=1e-5)
+
+
+def test_same_seed_gives_byte_identical_outputs_for_any_worker_count(dataset, params_raw, tmp_path):
+    # two DataLoader workers: augmentation in worker processes must be seeded too
+    strategies = {"s": {"arch": "cnn2", "weights": "none", "optimizer": "sgd", "lr": 0.05,
+                        "epochs": 2}}
+    params = make_params(params_raw, strategies, workers=2)
+    outs = [tmp_path / "run1", tmp_path / "run2"]
+    for out in outs:
+        run_train(params, "s", dataset, out)
+    for name in ("m.pt", "m.json", "p.tsv"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    # augmentation is seeded per sample, so the worker count changes speed only
+    run_train(make_params(params_raw, strategies, workers=0), "s", dataset, tmp_path / "w0")
+    for name in ("m.pt", "m.json", "p.tsv"):
+        assert (tmp_path / "w0" / name).read_bytes() == (outs[0] / name).read_bytes(), name
+    other = make_params({**params_raw, "seed": 1}, strategies, workers=2)
+    run_train(other, "s", dataset, tmp_path / "seed1")
+    assert (tmp_path / "seed1" / "m.pt").read_bytes() != (outs[0] / "m.pt").read_bytes()
+
+
+def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_raw,
+                                                                 tmp_path):
+    params = make_params(params_raw, {"fx": {"arch": "efficientnet_lite0",
+                                             "weights": "pretrained", "trainable": "head",
+                                             "optimizer": "adam", "lr": 0.01, "epochs": 3,
+                                             "cache_features": True}})
+    run_train(params, "fx", dataset, tmp_path)
+    before = _initial("efficientnet_lite0", "pretrained")
+    model, _ = models.load_checkpoint(tmp_path / "m.pt")
+    assert _changed(before, model.state_dict()) == {"classifier.weight", "classifier.bias"}
+    # head-on-cached-features numbers == the full saved model run on the val images
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    clean, split = dataset
+    mean, std = models.norm_stats("efficientnet_lite0")
+    ds = data.ImageDataset(clean, data.read_rows(split, "val"),
+                           eval_transform(image_size=32, mean=mean, std=std))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert loss == pytest.approx(metrics["best_val_loss"], abs=1e-4)
+
+
+def test_patience_ends_a_phase_and_target_acc_ends_the_run(dataset, params_raw, tmp_path):
+    # a learning rate too small to change any prediction: val_acc never improves
+    frozen = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
+              "epochs": 3, "phases": [{"epochs": 3}]}
+    run_train(make_params(params_raw, {"s": frozen}, patience=1), "s", dataset, tmp_path)
+    assert [r["phase"] for r in read_tsv(tmp_path / "p.tsv")] == ["1", "1", "2"]
+    learns = {"arch": "cnn2", "weights": "none", "optimizer": "adam", "lr": 0.02, "epochs": 12}
+    run_train(make_params(params_raw, {"s": learns}, target_acc=0.6), "s", dataset, tmp_path)
+    accs = [float(r["val_acc"]) for r in read_tsv(tmp_path / "p.tsv")]
+    assert len(accs) < 12 and accs[-1] >= 0.6 and all(a < 0.6 for a in accs[:-1])
+    assert json.loads((tmp_path / "m.json").read_text())["epochs"] == len(accs)
+
+
+def test_unknown_strategy_and_arch_fail_before_any_work(params_raw, tmp_path):
+    missing = (tmp_path / "no-clean", tmp_path / "no-split")  # never read: checks come first
+    params = make_params(params_raw, {"s": {"arch": "resnet19", "weights": "none"}})
+    with pytest.raises(ParamsError, match=r"no strategy 'nope'.*\['s'\]"):
+        run_train(params, "nope", missing, tmp_path)
+    with pytest.raises(StageError, match="unknown arch 'resnet19'.*cnn3"):
+        run_train(params, "s", missing, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
+    params_file = tmp_path / "params.yaml"
+    import yaml
+    params_file.write_text(yaml.safe_dump(params_raw))
+    monkeypatch.setattr(sys, "argv", ["train", "nosuch", "--clean", "c", "--split", "s",
+                                      "--model", "m.pt", "--metrics", "m.json", "--plots",
+                                      "p.tsv", "--params", str(params_file)])
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_stage.main)
+    assert exc.value.code == 2
+    assert "no strategy 'nosuch'" in capsys.readouterr().err
+
+
+# ---- stages/data.py -------------------------------------------------------------------------
+
+def _epochs(loader, n=2) -> list[torch.Tensor]:
+    return [torch.cat([x for x, _ in loader]) for _ in range(n)]
+
+
+def test_loader_order_and_augmentation_depend_on_the_seed_only(dataset):
+    from stages.params import Augment
+    clean, split = dataset
+    tf = train_stage.train_transform(image_size=24, augment=Augment(), mean=[0.5] * 3,
+                                     std=[0.5] * 3)
+    rows = data.read_rows(split, "train")
+
+    def batches(workers, seed=0, cache_bytes=data.CACHE_FILE_BYTES):
+        ds = data.ImageDataset(clean, rows, tf, cache_bytes=cache_bytes)
+        return _epochs(data.make_loader(ds, batch_size=4, shuffle=True, workers=workers,
+                                        seed=seed, device="cpu"))
+
+    ref = batches(0)
+    assert not torch.equal(ref[0], ref[1])  # a new order and new augmentation each epoch
+    for other in (batches(2), batches(0, cache_bytes=0)):  # workers / no in-memory cache
+        assert all(torch.equal(a, b) for a, b in zip(ref, other))
+    assert not torch.equal(batches(0, seed=1)[0], ref[0])
+
+
+def test_split_files_errors_name_the_file(tmp_path):
+    with pytest.raises(StageError, match="classes.json: not found; run the split stage"):
+        data.read_classes(tmp_path)
+    (tmp_path / "train.csv").write_text("path,label,class\nimages/a/0.jpg,x,a\n")
+    with pytest.raises(StageError, match="train.csv: a label is not an integer"):
+        data.read_rows(tmp_path, "train")
+    (tmp_path / "val.csv").write_text("path,label,class\nimages/a/0.jpg,0,a\n")
+    with pytest.raises(StageError, match="images/a/0.jpg: listed in the split but missing"):
+        data.ImageDataset(tmp_path / "clean", data.read_rows(tmp_path, "val"), None)
