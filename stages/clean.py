@@ -56,7 +56,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -70,6 +69,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from stages.params import Clean, StageError, load, run_main
+from stages.files import replace_dir, write_text
 
 REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
            "duplicate")
@@ -421,24 +421,6 @@ def _csv_text(columns: tuple, rows: list[tuple]) -> str:
     return buf.getvalue()
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap `tmp` in as `out`; an interruption leaves the old `out` or none, never a mix."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def _replace_file(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Clean) -> Summary:
     """Judge every candidate under `extracted`; write `out` (images + manifest.csv), `metrics`
     (metrics/clean.json) and `rejected` (reports/rejected.csv). Returns the counts."""
@@ -463,11 +445,11 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
             (images / cls).rmdir()
         (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
                                           encoding="utf-8", newline="")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful swap
-    _replace_file(rejected, _csv_text(REJECTED_COLUMNS, rejects))
-    _replace_file(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
+    write_text(rejected, _csv_text(REJECTED_COLUMNS, rejects))
+    write_text(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
     for cls in summary.empty_classes:
         print(f"warning: class {cls!r} has no usable image left after cleaning "
               f"(see {rejected})", file=sys.stderr)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from stages.demo import build_demo_zip
 from stages.params import Archive, Dataset, Download, StageError, load, run_main
+from stages.files import remove, replace_dir
 
 SOURCES = "sources.json"   # the file list extract reads, in params order
 DEMO_NAME = "demo.zip"     # what a `generate:` entry is written as
@@ -64,23 +65,6 @@ class Fetched:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished `tmp` where `out` is, by renames only: `out` is never half-written."""
-    old = out.with_name(f".{out.name}.old")
-    _remove(old)
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    _remove(old)
 
 
 # ---- naming and classifying URLs ------------------------------------------------------------
@@ -315,7 +299,7 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
     interrupt leaves the previous `out` as it was."""
     out, cache = Path(out), Path(cache)
     tmp = out.with_name(f".{out.name}.partial")
-    _remove(tmp)
+    remove(tmp)
     tmp.mkdir(parents=True)
     try:
         if dataset.generate is not None:
@@ -327,9 +311,9 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
             _check_names(dataset.archives)
             fetched = [fetch_archive(a, tmp, cache, settings) for a in dataset.archives]
         (tmp / SOURCES).write_text(json.dumps([f.source() for f in fetched], indent=2) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
-        _remove(tmp)
+        remove(tmp)
     return fetched
 
 

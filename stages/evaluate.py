@@ -14,9 +14,6 @@ and precision/recall/F1/support per class) and `plots/confusion/<S>.json` (one
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,6 +24,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, 
 
 from stages import data, models, transforms
 from stages.params import Evaluate, StageError, load, run_main
+from stages.files import write_json
 
 DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
 
@@ -155,21 +153,6 @@ def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
 
 
 # ---- outputs --------------------------------------------------------------------------------
-
-def write_json(path: Path, obj: Any) -> None:
-    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically
-    so an interrupted run leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 # ---- the stage ------------------------------------------------------------------------------
 

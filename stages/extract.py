@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import os
 import re
 import shutil
 import stat
@@ -30,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 from stages.params import Extract, StageError, load, run_main
+from stages.files import remove, replace_dir
 
 SOURCES = "sources.json"
 CHUNK = 1 << 20  # bytes per read/write when copying a zip member (1 MiB)
@@ -286,23 +286,6 @@ def read_sources(raw: Path) -> list[dict]:
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished `tmp` where `out` is, by renames only: `out` is never half-written."""
-    old = out.with_name(f".{out.name}.old")
-    _remove(old)
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    _remove(old)
-
-
 def _unique_dirs(sources: list[dict], raw: Path) -> list[str]:
     dirs = [e["name"] if (raw / e["name"]).is_dir() else dir_name(e["name"]) for e in sources]
     for d in dirs:
@@ -321,7 +304,7 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     sources = read_sources(raw)
     dirs = _unique_dirs(sources, raw)
     tmp = out.with_name(f".{out.name}.partial")
-    _remove(tmp)
+    remove(tmp)
     tmp.mkdir(parents=True)
     try:
         done = []
@@ -330,9 +313,9 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
             done.append(Extracted(d, entry.get("split"), got.files, got.bytes))
         listing = [{"dir": e.dir, "split": e.split} for e in done]
         (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
-        _remove(tmp)
+        remove(tmp)
     return done
 
 

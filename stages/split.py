@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import shutil
@@ -40,6 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from stages.params import StageError, load, run_main
+from stages.files import json_text, replace_dir, write_json
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_RANK = {"train": 0, "val": 1, "test": 2}  # a copy shipped in several splits -> highest
@@ -192,10 +192,6 @@ def split_metrics(classes: list[str], by_split: dict[str, list[dict[str, str]]])
     return out
 
 
-def _json_text(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def _write_csv(path: Path, rows: Iterable[dict[str, str]], label: dict[str, int]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -204,30 +200,17 @@ def _write_csv(path: Path, rows: Iterable[dict[str, str]], label: dict[str, int]
             writer.writerow([row["path"], label[row["class"]], row["class"]])
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap a fully written `tmp` in for `out`, so an interrupted run never leaves half a split."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_outputs(out_dir: Path, metrics_path: Path, classes: list[str],
                   by_split: dict[str, list[dict[str, str]]], metrics: dict) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "classes.json").write_text(_json_text({"classes": classes}), encoding="utf-8")
+    (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
     label = {cls: i for i, cls in enumerate(classes)}
     for name in SPLITS:
         _write_csv(tmp / f"{name}.csv", by_split[name], label)
-    _replace_dir(tmp, out_dir)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_metrics = metrics_path.with_name(metrics_path.name + ".tmp")
-    tmp_metrics.write_text(_json_text(metrics), encoding="utf-8")
-    tmp_metrics.replace(metrics_path)
+    replace_dir(tmp, out_dir)
+    write_json(metrics_path, metrics)
 
 
 def split_dataset(clean_dir: Path, out_dir: Path, metrics_path: Path, *, seed: int,

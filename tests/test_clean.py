@@ -433,7 +433,7 @@ def test_interrupted_run_leaves_previous_output(tmp_path, monkeypatch):
 
 
 def test_cli_with_two_workers(tmp_path):
-    ex = odd_names_tree(tmp_path / "data" / "extracted")
+    odd_names_tree(tmp_path / "data" / "extracted")
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     cmd = [sys.executable, "-m", "stages.clean", "--extracted", "data/extracted",
            "--out", "data/clean", "--metrics", "metrics/clean.json",
