@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
+pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 127.0.0.1
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"))
 

@@ -8,10 +8,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_image_folder
+from http_server import zip_folder
 from stages.download import download_dataset, fetch_to_cache
 from stages.extract import extract_all
 from stages.params import Dataset, Download, Extract, StageError
@@ -34,95 +33,10 @@ def dataset(*archives: dict) -> Dataset:
     return Dataset.model_validate({"archives": list(archives)})
 
 
-# ---- a small HTTP server with the failure modes we need --------------------------------------
-
-class Server:
-    """Serves `files` (path -> bytes); records every request as (path, Range header)."""
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.files: dict[str, bytes] = {}
-        self.log: list[tuple[str, str | None]] = []
-        self.drop_once: set[str] = set()   # send half the body, then close the connection
-        self.fail_once: set[str] = set()   # answer 500 once
-        self.slow: set[str] = set()        # sleep before answering (client timeout)
-        self.ignore_range = False          # answer 200 with the whole file to a Range request
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        srv: Server = self.server.state
-        srv.log.append((self.path, self.headers.get("Range")))
-        if self.path in srv.slow:
-            time.sleep(1.0)
-        if self.path in srv.fail_once:
-            srv.fail_once.discard(self.path)
-            return self.send_error(500)
-        body = srv.files.get(self.path)
-        if body is None:
-            return self.send_error(404)
-        start = self._range_start(srv, body)
-        if start is None:
-            return
-        data = body[start:]
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.path in srv.drop_once:
-            srv.drop_once.discard(self.path)
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)  # mid-body: the client sees a short read
-            return
-        self.wfile.write(data)
-
-    def _range_start(self, srv: Server, body: bytes) -> int | None:
-        """Send the status line (200/206/416); the offset to serve from, None when done."""
-        rng = self.headers.get("Range")
-        if not rng or srv.ignore_range:
-            self.send_response(200)
-            return 0
-        start = int(rng.removeprefix("bytes=").rstrip("-"))
-        if start >= len(body):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(body)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        return start
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    httpd.state = Server(httpd.server_address[1])
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd.state
-    httpd.shutdown()
-    httpd.server_close()
-
-
 @pytest.fixture
 def payload() -> bytes:
     """6 MiB of incompressible bytes: several 1 MiB chunks, so a drop lands mid-file."""
     return np.random.default_rng(0).bytes(6 << 20)
-
-
-def zip_folder(folder: Path, dest: Path, top: str) -> Path:
-    """Zip `folder` as `top/...` (stored: the JPEGs would not compress anyway)."""
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(folder.rglob("*")):
-            zf.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
-    return dest
 
 
 # ---- HTTP -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import make_image_folder
 from stages import data, models
@@ -224,7 +225,6 @@ def test_unknown_strategy_and_arch_fail_before_any_work(params_raw, tmp_path):
 
 def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
     params_file = tmp_path / "params.yaml"
-    import yaml
     params_file.write_text(yaml.safe_dump(params_raw))
     monkeypatch.setattr(sys, "argv", ["train", "nosuch", "--clean", "c", "--split", "s",
                                       "--model", "m.pt", "--metrics", "m.json", "--plots",
