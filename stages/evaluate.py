@@ -60,6 +60,9 @@ def per_class(preds: np.ndarray, labels: np.ndarray,
             for i, name in enumerate(classes)}
 
 
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
 def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray,
                     classes: Sequence[str], top_k: int) -> dict[str, Any]:
     """The metrics file's content: single-crop scores at the top level, TTA under `tta`,
@@ -72,6 +75,25 @@ def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray
         "per_class": per_class(probs.argmax(axis=1), labels, classes),
     }
     return _rounded(out)
+
+
+def mean_over_runs(per_run: list[dict]) -> dict:
+    """Metrics of several training seeds: every number is the mean over runs; `std` holds the
+    spread of the headline ones and `seeds` how many runs there were."""
+    def mean(values):
+        if isinstance(values[0], dict):
+            return {k: mean([v[k] for v in values]) for k in values[0]}
+        return float(np.mean(values))
+
+    out = mean(per_run)
+    out["std"] = {key: float(np.std([m[key] for m in per_run])) for key in HEADLINE}
+    out["std"]["tta_accuracy"] = float(np.std([m["tta"]["accuracy"] for m in per_run]))
+    out["seeds"] = len(per_run)
+    return _rounded(out)
+
+
+def _run_states(ckpt: dict) -> list[dict]:
+    return [ckpt["state_dict"]] + [run["state_dict"] for run in ckpt.get("runs", [])]
 
 
 def confusion_records(preds: Sequence[int], labels: Sequence[int], paths: Sequence[str],
@@ -182,16 +204,22 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
     views = {"single": transforms.eval_transform(**norm),
              "tta": transforms.tta_transform(**norm, flip=settings.tta_flip)}
     dataset = data.ImageDataset(clean_dir, rows, None)  # images decoded once for both passes
-    probs = {}
-    for name, transform in views.items():
-        dataset.transform = transform
-        loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
-                                  workers=workers, seed=seed, device=device)
-        probs[name] = predict_probs(model, loader, device, chunk=settings.batch_size)
-        del loader  # ends its persistent worker processes before the next pass starts
-    metrics = compute_metrics(probs["single"], probs["tta"], labels, classes, settings.top_k)
-    records = confusion_records(probs["single"].argmax(axis=1), labels,
-                                [path for path, _ in rows], classes)
+    per_run = []
+    for state in _run_states(ckpt):  # one per training seed (train.seeds); the first decides
+        model.load_state_dict(state)  # the confusion records
+        probs = {}
+        for name, transform in views.items():
+            dataset.transform = transform
+            loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
+                                      workers=workers, seed=seed, device=device)
+            probs[name] = predict_probs(model, loader, device, chunk=settings.batch_size)
+            del loader  # ends its persistent worker processes before the next pass starts
+        per_run.append(compute_metrics(probs["single"], probs["tta"], labels, classes,
+                                       settings.top_k))
+        if len(per_run) == 1:
+            records = confusion_records(probs["single"].argmax(axis=1), labels,
+                                        [path for path, _ in rows], classes)
+    metrics = per_run[0] if len(per_run) == 1 else mean_over_runs(per_run)
     write_json(confusion_path, records)
     write_json(metrics_path, metrics)
     return metrics

@@ -120,6 +120,7 @@ class Train(Section):
     select: Literal["val_acc", "val_loss"] = "val_acc"
     patience: int = Field(0, ge=0)
     target_acc: Probability = 1.0
+    seeds: int = Field(1, ge=1, le=20)
     augment: Augment = Augment()
 
 

@@ -119,10 +119,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int
 
 
 def strategy_row(run: Run) -> list[str]:
+    """One table row; with several training seeds (train.seeds) scores read mean ± std."""
     t, e = run.train, run.eval
-    return [run.name, run.arch, run.weights, f"{t['trainable_params']:,}", str(t["epochs"]),
-            f"{t['best_val_acc']:.4f}", f"{e['accuracy']:.4f}", f"{e['tta']['accuracy']:.4f}",
-            f"{e['macro_f1']:.4f}", f"{e['balanced_accuracy']:.4f}"]
+    std = e.get("std", {})
+
+    def score(value, spread_key):
+        spread = std.get(spread_key)
+        return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
+
+    val = t["best_val_acc"]
+    val_std = t.get("best_val_acc_std")
+    return [run.name, run.arch, run.weights, f"{t['trainable_params']:,}", f"{t['epochs']:g}",
+            f"{val:.4f}" if val_std is None else f"{val:.4f} ± {val_std:.4f}",
+            score(e["accuracy"], "accuracy"), score(e["tta"]["accuracy"], "tta_accuracy"),
+            score(e["macro_f1"], "macro_f1"), score(e["balanced_accuracy"], "balanced_accuracy")]
 
 
 def split_section(classes: Sequence[str], counts: dict[str, Counter]) -> list[str]:
@@ -145,7 +155,8 @@ def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, C
         *split_section(classes, counts), "",
         "## Strategies", "",
         "Scores on the test split. TTA: softmax averaged over five crops (and their mirror "
-        "images when `evaluate.tta_flip`); best val acc: at the epoch the model was kept.", "",
+        "images when `evaluate.tta_flip`); best val acc: at the epoch the model was kept. "
+        "With `train.seeds` above 1, each score is the mean ± std over the seeds.", "",
         *_table(header, [strategy_row(r) for r in runs], right_from=3), "",
         f"**Best strategy: {best.name}** (highest test accuracy; ties go to macro-F1, then to "
         "the strategy listed first in params.yaml).", "",

@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages import data, models
+from stages import data, files, models
 from stages.params import Params, Phase, StageError, load, run_main
 from stages.transforms import eval_transform, resize_size, train_transform
 
@@ -306,15 +304,6 @@ def _check_phases(phases: list[Phase]) -> None:
             raise StageError(f"phase {k}: nesterov: true needs momentum > 0")
 
 
-def _write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _tsv(history: list[dict]) -> str:
     def fmt(v):
         return str(v) if isinstance(v, int) else f"{v:.6g}"
@@ -379,6 +368,9 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
           metrics_path, plots_path) -> dict:
     """Train one strategy and write its checkpoint, metrics and per-epoch plot.
 
+    With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the
+    checkpoint holds every run (the first as `state_dict`, the others under `runs`), the metrics
+    are means over runs with a `_std` beside each, and the plot shows the first run.
     Returns the metrics plus what a caller may want to check: per-phase trainable parameters,
     the epoch history, and wall-clock seconds (never written to the tracked outputs).
     """
@@ -391,6 +383,34 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     _check_rows(rows, classes, split_dir)
     rt = _runtime(params.train)
     start = time.perf_counter()
+    runs = []
+    for k in range(params.train.seeds):
+        run_params = params.model_copy(update={"seed": params.seed + k})
+        runs.append(_train_once(strategy_name, strategy, run_params, phases, classes, rows,
+                                clean_dir, rt))
+    (model, fit, steps), extra = runs[0], runs[1:]
+    meta = _meta(strategy_name, strategy, params, classes, fit)
+    if extra:
+        meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
+                         "state_dict": {n: t.detach().cpu().contiguous()
+                                        for n, t in f.best_state.items()}}
+                        for k, (_, f, _) in enumerate(extra, 1)]
+    models.save_checkpoint(model_path, model, meta)
+    metrics = _run_metrics(model, fit)
+    if extra:
+        metrics = _mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra])
+    files.write_json(metrics_path, metrics)
+    files.write_text(plots_path, _tsv(fit.history))
+    secs = time.perf_counter() - start
+    _log(f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
+         f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all")
+    return {**metrics, "phases": fit.phases, "history": fit.history, "seconds": secs,
+            "feature_seconds": steps.feature_seconds}
+
+
+def _train_once(strategy_name, strategy, params: Params, phases, classes, rows, clean_dir,
+                rt: Runtime):
+    """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     with _torch_state(params.seed, params.threads, rt.device):
         model = models.build(strategy.arch, len(classes), strategy.weights)
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
@@ -400,24 +420,30 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
             model.to(memory_format=torch.channels_last)
         _log(f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
              f"{len(rows['train'])} train / {len(rows['val'])} val images, {rt.device}, "
-             f"amp {rt.amp_dtype}")
+             f"amp {rt.amp_dtype}, seed {params.seed}")
         steps = _steps(model, strategy, params, rows, clean_dir, rt)
         fit = _fit(model, strategy.arch, phases, steps, params.train)
         model.load_state_dict(fit.best_state)
-        models.save_checkpoint(model_path, model,
-                               _meta(strategy_name, strategy, params, classes, fit))
-    metrics = {"best_epoch": fit.best["epoch"], "best_val_acc": round(fit.best["val_acc"], 6),
-               "best_val_loss": round(fit.best["val_loss"], 6), "epochs": len(fit.history),
-               "trainable_params": sum(p.numel() for n, p in model.named_parameters()
-                                       if n in fit.trained),
-               "total_params": sum(p.numel() for p in model.parameters())}
-    _write_atomic(metrics_path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    _write_atomic(plots_path, _tsv(fit.history))
-    secs = time.perf_counter() - start
-    _log(f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
-         f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all")
-    return {**metrics, "phases": fit.phases, "history": fit.history, "seconds": secs,
-            "feature_seconds": steps.feature_seconds}
+    return model, fit, steps
+
+
+def _run_metrics(model: nn.Module, fit: _Fit) -> dict:
+    return {"best_epoch": fit.best["epoch"], "best_val_acc": round(fit.best["val_acc"], 6),
+            "best_val_loss": round(fit.best["val_loss"], 6), "epochs": len(fit.history),
+            "trainable_params": sum(p.numel() for n, p in model.named_parameters()
+                                    if n in fit.trained),
+            "total_params": sum(p.numel() for p in model.parameters())}
+
+
+def _mean_std(per_run: list[dict]) -> dict:
+    """Mean of each metric over runs, plus `<name>_std` for the ones that vary by seed."""
+    out = {"seeds": len(per_run)}
+    for key in per_run[0]:
+        values = torch.tensor([float(m[key]) for m in per_run], dtype=torch.float64)
+        out[key] = round(values.mean().item(), 6)
+        if key in ("best_val_acc", "best_val_loss", "best_epoch"):
+            out[f"{key}_std"] = round(values.std(correction=0).item(), 6)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

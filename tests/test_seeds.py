@@ -1,0 +1,58 @@
+"""train.seeds: a strategy trained under N seeds keeps every run; evaluate scores each run and
+reports the mean with its std; the report prints mean ± std."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stages import evaluate as evaluate_stage
+from stages.report import Run, strategy_row
+from test_train import make_clean_split, make_params, run_train
+
+CNN = {"arch": "cnn1", "weights": "none", "trainable": "all", "optimizer": "adam",
+       "lr": 0.01, "epochs": 2}
+
+
+def score(path, out, params, clean, split, name):
+    return evaluate_stage.evaluate(model_path=path, clean_dir=clean, split_dir=split,
+                                   metrics_path=out / f"{name}.json",
+                                   confusion_path=out / f"{name}-confusion.json",
+                                   settings=params.evaluate, seed=params.seed, threads=1)
+
+
+@pytest.mark.slow
+def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
+    clean, split = make_clean_split(tmp_path / "data", per_class=10)
+    # the test split reuses val's images: this is about bookkeeping, not generalisation
+    (split / "test.csv").write_text((split / "val.csv").read_text())
+    params = make_params(params_raw, {"cnn": CNN}, seeds=3)
+    out = tmp_path / "out"
+    metrics = run_train(params, "cnn", (clean, split), out)
+
+    ckpt = torch.load(out / "m.pt", map_location="cpu", weights_only=False)
+    assert [r["seed"] for r in ckpt["runs"]] == [params.seed + 1, params.seed + 2]
+    states = [ckpt["state_dict"]] + [r["state_dict"] for r in ckpt["runs"]]
+    first = next(iter(states[0]))
+    assert not torch.equal(states[0][first], states[1][first]), "seeds must differ"
+    written = json.loads((out / "m.json").read_text())
+    assert written["seeds"] == 3 and written["best_val_acc_std"] >= 0
+    assert metrics["best_val_acc"] == written["best_val_acc"]
+
+    scores = score(out / "m.pt", out, params, clean, split, "all")
+    singles = []
+    for k, state in enumerate(states):  # each run on its own, as a one-seed checkpoint
+        one = {key: v for key, v in ckpt.items() if key != "runs"} | {"state_dict": state}
+        torch.save(one, out / f"run{k}.pt")
+        singles.append(score(out / f"run{k}.pt", out, params, clean, split, f"run{k}"))
+    accs = [s["accuracy"] for s in singles]
+    assert scores["seeds"] == 3
+    assert scores["accuracy"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert scores["std"]["accuracy"] == pytest.approx(np.std(accs), abs=1e-6)
+    assert scores["tta"]["accuracy"] == pytest.approx(
+        np.mean([s["tta"]["accuracy"] for s in singles]), abs=1e-6)
+
+    row = strategy_row(Run(name="cnn", arch="cnn1", weights="none", train=written, curves=[],
+                           eval=scores, confusion=[]))
+    assert row[5] == f"{written['best_val_acc']:.4f} ± {written['best_val_acc_std']:.4f}"
+    assert row[6] == f"{scores['accuracy']:.4f} ± {scores['std']['accuracy']:.4f}"
