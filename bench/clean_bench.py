@@ -28,6 +28,7 @@ import numpy as np
 
 from concurrent.futures import ProcessPoolExecutor
 
+from bench.machine import load, machine, markers, write_block
 from stages import clean as clean_mod
 from stages.clean import clean, discover
 from stages.params import Clean
@@ -35,13 +36,6 @@ from stages.params import Clean
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = Path(os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"),
                "datasets", "PetImages-subset")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _extracted(tmp: Path) -> Path:
@@ -158,11 +152,7 @@ def table(times: dict[str, list[float]], counts: dict[str, int]) -> str:
     return "\n".join(rows)
 
 
-BEGIN, END = "<!-- clean_bench: begin -->", "<!-- clean_bench: end -->"
-
-
-def _load(avg: tuple) -> str:
-    return " / ".join(f"{x:.2f}" for x in avg)  # 1, 5, 15 min
+BEGIN, END = markers("clean_bench")
 
 
 def results_block(body: str, repeats: int, counts: dict[str, int], load_before: tuple) -> str:
@@ -170,25 +160,13 @@ def results_block(body: str, repeats: int, counts: dict[str, int], load_before: 
             f"Command: `.venv/bin/python -m bench.clean_bench --repeats {repeats} --write`  \n"
             f"Data: ../shared/datasets/PetImages-subset ({counts['a']} files, 32 MiB; clean "
             f"keeps {counts['d']})  \n"
-            f"Machine: nproc {len(os.sched_getaffinity(0))}, {_cpu_model()}; "
+            f"Machine: {machine()}; "
             f"Python {platform.python_version()}, OpenCV {cv2.__version__}  \n"
-            f"Load average (1/5/15 min) before {_load(load_before)}, after "
-            f"{_load(os.getloadavg())}  \n"
+            f"Load average (1/5/15 min) before {load(load_before)}, after "
+            f"{load(os.getloadavg())}  \n"
             f"n = {repeats} runs of each, interleaved a, b, c, d, control; wall-clock seconds, "
             f"page cache "
             f"warm (one untimed run first).\n\n{body}\n{END}")
-
-
-def write_results(block: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
-    """Replace the generated block of the `## clean` section (notes around it stay); create
-    the section when BENCHMARKS.md has none."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## clean\n\n{block}\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -204,7 +182,8 @@ def main() -> None:
     print(body)
     print("raw seconds:", {k: [round(t, 3) for t in v] for k, v in times.items()})
     if args.write:
-        write_results(results_block(body, args.repeats, counts, load_before))
+        block = results_block(body, args.repeats, counts, load_before)
+        write_block("clean_bench", "clean", block)
 
 
 if __name__ == "__main__":
