@@ -218,12 +218,19 @@ def build(arch: str, num_classes: int, weights: str) -> nn.Module:
     """The backbone (ImageNet weights when "pretrained", random when "none") + a new head."""
     check(arch, weights)
     model = spec(arch).make(weights == "pretrained")
-    name = head_name(model)
-    parent, _, leaf = name.rpartition(".")
-    old = model.get_submodule(name)
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    old = model.get_submodule(head_name(model))
+    swap_head(model, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
     return model
+
+
+def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.Module:
+    """Put `new` at dotted `name` (default: the head, see head_name); returns the module it
+    replaced."""
+    parent, _, leaf = (name or head_name(model)).rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    old = getattr(owner, leaf)
+    setattr(owner, leaf, new)
+    return old
 
 
 def norm_stats(arch: str) -> tuple[list[float], list[float]]:
@@ -339,15 +346,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
         raise ValueError(f"checkpoint meta lacks {missing}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # CPU, row-major copies: the same bytes whether the run used CUDA or channels_last
-    state = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-             for k, v in model.state_dict().items()}
+    state = cpu_state(model.state_dict())
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         torch.save({**meta, "state_dict": state}, tmp / path.name)
         os.replace(tmp / path.name, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, row-major copies of a state dict: the same bytes whether a run used CUDA or
+    channels_last."""
+    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+            for k, v in state.items()}
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, dict]:

@@ -189,10 +189,7 @@ class _FeatureSteps:
 def _features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, F) float32 inputs of the head, (N,) labels: the network in eval mode, head bypassed."""
     name = models.head_name(model)
-    parent, _, leaf = name.rpartition(".")
-    owner = model.get_submodule(parent) if parent else model
-    head = getattr(owner, leaf)
-    setattr(owner, leaf, nn.Identity())
+    head = models.swap_head(model, nn.Identity(), name)
     model.eval()
     feats, labels = [], []
     try:
@@ -204,7 +201,7 @@ def _features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torc
                 feats.append(model(x).float())
             labels.append(y.to(rt.device))
     finally:
-        setattr(owner, leaf, head)
+        models.swap_head(model, head, name)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -392,8 +389,7 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     meta = _meta(strategy_name, strategy, params, classes, fit)
     if extra:
         meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
-                         "state_dict": {n: t.detach().cpu().contiguous()
-                                        for n, t in f.best_state.items()}}
+                         "state_dict": models.cpu_state(f.best_state)}
                         for k, (_, f, _) in enumerate(extra, 1)]
     models.save_checkpoint(model_path, model, meta)
     metrics = _run_metrics(model, fit)
