@@ -309,28 +309,33 @@ def _tsv(history: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _loaders(params: Params, arch: str, rows, clean_dir, rt: Runtime, cache: bool):
+def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.ImageDataset]:
+    """train/val datasets, images decoded once and shared by every seed's run."""
     tp = params.train
-    mean, std = models.norm_stats(arch)
+    mean, std = models.norm_stats(strategy.arch)
     ev = eval_transform(image_size=tp.image_size, mean=mean, std=std)
     # cached features are computed once, without augmentation
-    tr = ev if cache else train_transform(image_size=tp.image_size, augment=tp.augment,
-                                          mean=mean, std=std)
-    n = len(rows["train"])
+    tr = ev if strategy.cache_features else train_transform(
+        image_size=tp.image_size, augment=tp.augment, mean=mean, std=std)
+    return {"train": data.ImageDataset(clean_dir, rows["train"], tr),
+            "val": data.ImageDataset(clean_dir, rows["val"], ev)}
+
+
+def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
+    """Loaders over the datasets, their order and augmentation drawn from params.seed."""
+    tp = params.train
+    n = len(datasets["train"])
     # a last batch of one sample would break BatchNorm in train mode: drop just that one
     drop_last = not cache and n > 1 and n % tp.batch_size == 1
     common = dict(batch_size=tp.batch_size, workers=tp.workers, seed=params.seed,
                   device=rt.device)
-    train_loader = data.make_loader(data.ImageDataset(clean_dir, rows["train"], tr),
-                                    shuffle=not cache, drop_last=drop_last, **common)
-    val_loader = data.make_loader(data.ImageDataset(clean_dir, rows["val"], ev),
-                                  shuffle=False, **common)
-    return train_loader, val_loader
+    return (data.make_loader(datasets["train"], shuffle=not cache, drop_last=drop_last,
+                             **common),
+            data.make_loader(datasets["val"], shuffle=False, **common))
 
 
-def _steps(model, strategy, params: Params, rows, clean_dir, rt: Runtime):
-    train_loader, val_loader = _loaders(params, strategy.arch, rows, clean_dir, rt,
-                                        strategy.cache_features)
+def _steps(model, strategy, params: Params, datasets, rt: Runtime):
+    train_loader, val_loader = _loaders(params, datasets, rt, strategy.cache_features)
     if not strategy.cache_features:
         return _ImageSteps(model, train_loader, val_loader, rt)
     start = time.perf_counter()
@@ -380,11 +385,12 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     _check_rows(rows, classes, split_dir)
     rt = _runtime(params.train)
     start = time.perf_counter()
+    datasets = _datasets(params, strategy, rows, clean_dir)
     runs = []
     for k in range(params.train.seeds):
         run_params = params.model_copy(update={"seed": params.seed + k})
-        runs.append(_train_once(strategy_name, strategy, run_params, phases, classes, rows,
-                                clean_dir, rt))
+        runs.append(_train_once(strategy_name, strategy, run_params, phases, classes,
+                                datasets, rt))
     (model, fit, steps), extra = runs[0], runs[1:]
     meta = _meta(strategy_name, strategy, params, classes, fit)
     if extra:
@@ -404,7 +410,7 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
             "feature_seconds": steps.feature_seconds}
 
 
-def _train_once(strategy_name, strategy, params: Params, phases, classes, rows, clean_dir,
+def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
                 rt: Runtime):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     with _torch_state(params.seed, params.threads, rt.device):
@@ -415,9 +421,9 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, rows, 
         if rt.channels_last:
             model.to(memory_format=torch.channels_last)
         _log(f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
-             f"{len(rows['train'])} train / {len(rows['val'])} val images, {rt.device}, "
+             f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
              f"amp {rt.amp_dtype}, seed {params.seed}")
-        steps = _steps(model, strategy, params, rows, clean_dir, rt)
+        steps = _steps(model, strategy, params, datasets, rt)
         fit = _fit(model, strategy.arch, phases, steps, params.train)
         model.load_state_dict(fit.best_state)
     return model, fit, steps
