@@ -35,7 +35,7 @@ from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from stages import transforms
+from stages import data, files, transforms
 from stages.params import Params, StageError, load, run_main
 
 DPI = 100  # fixed, with fixed figure sizes: same pixels every run
@@ -90,20 +90,6 @@ def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, trai
             eval=_read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
             confusion=_read_json(confusion / f"{name}.json", f"evaluate@{name}")))
     return runs
-
-
-def read_classes(split_dir: Path) -> list[str]:
-    path = split_dir / "classes.json"
-    return list(_read_json(path, "split")["classes"])
-
-
-def read_split(split_dir: Path, split: str) -> list[dict[str, str]]:
-    """Rows of data/split/<split>.csv (path, label, class)."""
-    path = split_dir / f"{split}.csv"
-    if not path.is_file():
-        raise StageError(f"{path}: not found; run `dvc repro split` to produce it")
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def best_run(runs: Sequence[Run]) -> Run:
@@ -318,13 +304,8 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
 
 def _publish(tmp: Path, out: Path, figures: Path) -> None:
     """Swap the finished report and figures in; an earlier report survives a failed run."""
-    old = figures.with_name(f".{figures.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if figures.exists():
-        os.replace(figures, old)
-    os.replace(tmp / "figures", figures)
+    files.replace_dir(tmp / "figures", figures)
     os.replace(tmp / "report.md", out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
@@ -336,8 +317,9 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     runs = load_runs(list(params.strategies), params, train_metrics=Path(train_metrics),
                      train_plots=Path(train_plots), eval_metrics=Path(eval_metrics),
                      confusion=Path(confusion))
-    classes = read_classes(split_dir)
-    rows = {s: read_split(split_dir, s) for s in SPLITS}
+    classes = data.read_classes(split_dir)
+    rows = {s: [{"path": path, "class": classes[label]}
+                for path, label in data.read_rows(split_dir, s)] for s in SPLITS}
     counts = {s: Counter(r["class"] for r in rows[s]) for s in SPLITS}
     best = best_run(runs)
     names = [*(f"curves-{r.name}" for r in runs), "confusion", "gallery", "augment"]
