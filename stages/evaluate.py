@@ -22,7 +22,8 @@ import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
-from stages import data, models, transforms
+from stages import data, models, runtime, transforms
+from stages.inference import predict_probs
 from stages.params import Evaluate, StageError, load, run_main
 from stages.files import write_json
 
@@ -112,45 +113,9 @@ def _rounded(obj: Any) -> Any:
     return obj
 
 
-# ---- inference ------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def predict_probs(model: torch.nn.Module, batches: Iterable[Sequence[torch.Tensor]],
-                  device: torch.device | str = "cpu", chunk: int = 64) -> np.ndarray:
-    """Softmax probabilities (N, C) float64 for every image the batches yield, in order.
-
-    A batch's first item is either (B, 3, H, W) single views or (B, V, 3, H, W) TTA views; for the
-    latter the softmax of each view is averaged over V (averaging probabilities, not logits).
-    At most `chunk` images go through the model at once, so 10 TTA views do not need 10x memory.
-    """
-    out = []
-    for batch in batches:
-        x = batch[0]
-        views = x.shape[1] if x.dim() == 5 else 1
-        flat = x.flatten(0, 1) if x.dim() == 5 else x  # (B*V, 3, H, W)
-        logits = torch.cat([model(part.to(device, non_blocking=True)).float()
-                            for part in flat.split(chunk)])
-        probs = torch.softmax(logits, dim=1).view(x.shape[0], views, -1).mean(dim=1)
-        out.append(probs.double().cpu())
-    if not out:
-        return np.zeros((0, 0))
-    probs = torch.cat(out).numpy()
-    # float32 softmax sums to 1 only within ~1e-7; sklearn's log_loss wants rows that sum to 1
-    return probs / probs.sum(axis=1, keepdims=True)
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        # fixed conv algorithms: the same model and data give the same metrics every run
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 # ---- inputs ---------------------------------------------------------------------------------
 
-def _load_model(model_path: Path, split_dir: Path, device: torch.device):
+def _load_model(model_path: Path, split_dir: Path, rt: runtime.Runtime):
     """Checkpoint -> (model on device, checkpoint, class names), refusing a stale model whose
     classes are not data/split's."""
     if not model_path.is_file():
@@ -163,7 +128,7 @@ def _load_model(model_path: Path, split_dir: Path, device: torch.device):
             f"{model_path} was trained on classes {list(ckpt['classes'])} but "
             f"{split_dir / 'classes.json'} lists {classes}; the model is stale, re-run "
             f"training (dvc repro train@{model_path.stem})")
-    return model.to(device).eval(), ckpt, classes
+    return rt.place(model).eval(), ckpt, classes
 
 
 def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
@@ -180,23 +145,20 @@ def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
 
 def evaluate(*, model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
              confusion_path: Path, settings: Evaluate, seed: int, threads: int,
-             workers: int = 0) -> dict[str, Any]:
+             workers: int = 0, rt: runtime.Runtime | None = None) -> dict[str, Any]:
     """Score `model_path` on data/split's test rows; write the metrics and confusion files and
-    return the metrics dict. `workers` only changes speed, never the output."""
-    threads_before = torch.get_num_threads()
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    try:
+    return the metrics dict. `workers` only changes speed, never the output. `rt` (default:
+    CPU, fp32) is where and how the model runs; train.device/precision/... in the stage."""
+    rt = rt or runtime.resolve(device="cpu")
+    with runtime.torch_state(rt, seed=seed, threads=threads):
         return _evaluate(Path(model_path), Path(clean_dir), Path(split_dir), Path(metrics_path),
-                         Path(confusion_path), settings, seed, workers)
-    finally:
-        torch.set_num_threads(threads_before)  # callers in the same process keep their setting
+                         Path(confusion_path), settings, seed, workers, rt)
 
 
 def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
-              confusion_path: Path, settings: Evaluate, seed: int, workers: int) -> dict:
-    device = _device()
-    model, ckpt, classes = _load_model(model_path, split_dir, device)
+              confusion_path: Path, settings: Evaluate, seed: int, workers: int,
+              rt: runtime.Runtime) -> dict:
+    model, ckpt, classes = _load_model(model_path, split_dir, rt)
     rows = _test_rows(split_dir)
     labels = np.array([label for _, label in rows])
     tf = ckpt["transform"]
@@ -211,8 +173,8 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
         for name, transform in views.items():
             dataset.transform = transform
             loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
-                                      workers=workers, seed=seed, device=device)
-            probs[name] = predict_probs(model, loader, device, chunk=settings.batch_size)
+                                      workers=workers, seed=seed, device=rt.device)
+            probs[name] = predict_probs(model, loader, rt, chunk=settings.batch_size)
             del loader  # ends its persistent worker processes before the next pass starts
         per_run.append(compute_metrics(probs["single"], probs["tta"], labels, classes,
                                        settings.top_k))
@@ -244,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
                        metrics_path=args.metrics, confusion_path=args.confusion,
                        settings=params.evaluate, seed=params.seed, threads=params.threads,
-                       workers=params.evaluate.workers)
+                       workers=params.evaluate.workers, rt=runtime.from_params(params.train))
     print(f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "
           f"(TTA {metrics['tta']['accuracy']:.4f}), macro F1 {metrics['macro_f1']:.4f}")
 

@@ -20,6 +20,7 @@ Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 SplitName = Literal["train", "val", "test"]
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device: auto | cpu | cuda | cuda:N
 
 
 class ParamsError(ValueError):
@@ -114,9 +115,10 @@ class Train(Section):
     image_size: int = Field(96, ge=16, le=1024)
     batch_size: int = Field(32, ge=1, le=4096)
     workers: int = Field(2, ge=0, le=64)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    deterministic: bool = True
     select: Literal["val_acc", "val_loss"] = "val_acc"
     patience: int = Field(0, ge=0)
     target_acc: Probability = 1.0

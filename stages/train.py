@@ -18,8 +18,6 @@ fixed thread count, no wall-clock times in any output (they go to stderr).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stages import data, files, models
+from stages.runtime import Runtime, from_params, torch_state
 from stages.params import Params, Phase, StageError, load, run_main
 from stages.transforms import eval_transform, resize_size, train_transform
 
@@ -40,54 +39,6 @@ PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "
 
 def _log(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
-
-
-# ---- device, precision, global torch state --------------------------------------------------
-
-@dataclass
-class Runtime:
-    device: torch.device
-    amp_dtype: torch.dtype | None      # autocast dtype on CUDA; None = plain fp32
-    scaler: torch.amp.GradScaler       # enabled only for fp16
-    channels_last: bool
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def _runtime(train_p) -> Runtime:
-    cuda = torch.cuda.is_available()
-    if train_p.device == "cuda" and not cuda:
-        raise StageError("train.device: cuda, but no CUDA device is visible; use auto or cpu")
-    device = torch.device("cuda" if train_p.device != "cpu" and cuda else "cpu")
-    amp_dtype = None
-    if device.type == "cuda" and train_p.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    # channels_last on CPU too: measured ~30% less CPU time per image for EfficientNet-Lite0
-    # and ~25% for cnn3 training (oneDNN), no change for resnet18
-    return Runtime(device, amp_dtype, scaler, train_p.channels_last)
-
-
-@contextlib.contextmanager
-def _torch_state(seed: int, threads: int, device: torch.device):
-    """Seeded, deterministic, `threads` CPU threads; the previous settings come back after."""
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled())
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-        torch.backends.cudnn.benchmark = False
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    # warn_only: a kernel without a deterministic version warns instead of stopping the run
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
 
 
 # ---- optimiser and schedule per phase -------------------------------------------------------
@@ -121,24 +72,22 @@ def _optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
 
 # ---- one pass over batches ------------------------------------------------------------------
 
-def _epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None,
+def _epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, scaler=None,
            desc: str = "") -> tuple[float, float, int]:
     """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     n = 0
     for x, y in tqdm(batches, desc=desc, leave=False, disable=None, file=sys.stderr):
-        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        if rt.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = rt.batch(x), y.to(rt.device, non_blocking=True)
         with torch.set_grad_enabled(optimizer is not None), rt.autocast():
             out = fn(x)
             loss = F.cross_entropy(out.float(), y)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-            rt.scaler.scale(loss).backward()
-            rt.scaler.step(optimizer)
-            rt.scaler.update()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         loss_sum += loss.detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
@@ -152,10 +101,11 @@ class _ImageSteps:
     def __init__(self, model, train_loader, val_loader, rt):
         self.model, self.train_loader, self.val_loader, self.rt = (model, train_loader,
                                                                    val_loader, rt)
+        self.scaler = rt.grad_scaler()
 
     def train_epoch(self, optimizer, desc):
         models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
-        return _epoch(self.model, self.train_loader, self.rt, optimizer, desc)
+        return _epoch(self.model, self.train_loader, self.rt, optimizer, self.scaler, desc)
 
     def val_epoch(self, desc):
         self.model.eval()
@@ -169,6 +119,7 @@ class _FeatureSteps:
         self.head, self.train_xy, self.val_xy, self.bs, self.rt = (head, train_xy, val_xy,
                                                                    batch_size, rt)
         self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
+        self.scaler = rt.grad_scaler()
 
     def _batches(self, xy, order):
         x, y = xy
@@ -177,7 +128,8 @@ class _FeatureSteps:
     def train_epoch(self, optimizer, desc):
         self.head.train()
         order = torch.randperm(len(self.train_xy[1]), generator=self.generator)
-        return _epoch(self.head, self._batches(self.train_xy, order), self.rt, optimizer, desc)
+        return _epoch(self.head, self._batches(self.train_xy, order), self.rt, optimizer,
+                      self.scaler, desc)
 
     def val_epoch(self, desc):
         self.head.eval()
@@ -194,11 +146,8 @@ def _features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torc
     feats, labels = [], []
     try:
         for x, y in tqdm(loader, desc="features", leave=False, disable=None, file=sys.stderr):
-            x = x.to(rt.device, non_blocking=True)
-            if rt.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
-                feats.append(model(x).float())
+                feats.append(model(rt.batch(x)).float())
             labels.append(y.to(rt.device))
     finally:
         models.swap_head(model, head, name)
@@ -383,7 +332,7 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
     _check_rows(rows, classes, split_dir)
-    rt = _runtime(params.train)
+    rt = from_params(params.train)
     start = time.perf_counter()
     datasets = _datasets(params, strategy, rows, clean_dir)
     runs = []
@@ -413,16 +362,14 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
 def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
                 rt: Runtime):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
-    with _torch_state(params.seed, params.threads, rt.device):
+    with torch_state(rt, seed=params.seed, threads=params.threads):
         model = models.build(strategy.arch, len(classes), strategy.weights)
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
-        model.to(rt.device)
-        if rt.channels_last:
-            model.to(memory_format=torch.channels_last)
+        rt.place(model)
         _log(f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
              f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
-             f"amp {rt.amp_dtype}, seed {params.seed}")
+             f"{rt.precision}, seed {params.seed}")
         steps = _steps(model, strategy, params, datasets, rt)
         fit = _fit(model, strategy.arch, phases, steps, params.train)
         model.load_state_dict(fit.best_state)

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from stages import models, transforms
-from stages.evaluate import (compute_metrics, confusion_records, evaluate, predict_probs,
+from stages.inference import predict_probs
+from stages.evaluate import (compute_metrics, confusion_records, evaluate,
                              scores, write_json)
 from stages.params import StageError, validate
 from tests.conftest import ROOT, make_image_folder
