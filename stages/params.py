@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
-                      model_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 PARAMS_FILE = "params.yaml"
 
@@ -222,8 +222,8 @@ class Check(Section):
 class Params(Section):
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int = Field(2, ge=1, le=256)
-    dataset: str
     datasets: dict[str, Dataset] = Field(min_length=1)
+    dataset: str  # after `datasets`, so its check can see the entries
     download: Download = Download()
     extract: Extract = Extract()
     clean: Clean = Clean()
@@ -234,12 +234,14 @@ class Params(Section):
     report: Report = Report()
     check: Check = Check()
 
-    @model_validator(mode="after")
-    def _dataset_known(self) -> "Params":
-        if self.dataset not in self.datasets:
-            raise ValueError(f"dataset: {self.dataset!r} is not an entry of `datasets:`; "
-                             f"choose one of {sorted(self.datasets)}")
-        return self
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_known(cls, value: str, info: ValidationInfo) -> str:
+        entries = info.data.get("datasets")
+        if entries is not None and value not in entries:
+            raise ValueError(f"{value!r} is not an entry of `datasets:`; "
+                             f"choose one of {sorted(entries)}")
+        return value
 
     @property
     def active_dataset(self) -> Dataset:

@@ -138,6 +138,61 @@ def test_branch_metrics_and_plots_diff(project, tmp_path):
         assert f"| {name} |" in section
 
 
+def output_bytes(repo) -> dict[str, bytes]:
+    """Every file DVC or git tracks as a pipeline output or lock, by path."""
+    return {p.relative_to(repo).as_posix(): p.read_bytes()
+            for folder in ("data", "models", "metrics", "plots", "reports")
+            for p in sorted((repo / folder).rglob("*")) if p.is_file()} | {
+        "dvc.lock": (repo / "dvc.lock").read_bytes()}
+
+
+def edit_params(repo, edit) -> None:
+    import yaml
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+BAD_PARAMS = {  # edit -> the key path the error must name
+    "unknown top-level key": (lambda p: p.update(foo=1), "foo: unknown key"),
+    "misspelt section": (lambda p: p.update(evalute=p["evaluate"]), "evalute: unknown key"),
+    "negative lr": (lambda p: p["strategies"]["finetune"].update(lr=-0.01),
+                    "strategies.finetune.lr:"),
+    "negative seed": (lambda p: p.update(seed=-1), "seed:"),
+    "unknown dataset": (lambda p: p.update(dataset="nosuch"),
+                        "dataset: 'nosuch' is not an entry of `datasets:`; choose one of"),
+    "unused dataset entry": (
+        lambda p: p["datasets"]["hymenoptera"]["archives"][0].update(sha256="abc"),
+        "datasets.hymenoptera.archives.0.sha256:"),
+    "check section": (lambda p: p["check"].update(tolerance=-1), "check.tolerance:"),
+    "unknown arch": (lambda p: p["strategies"]["finetune"].update(arch="resnet999"),
+                     "strategies.finetune.arch: unknown arch 'resnet999'; choose one of"),
+}
+
+
+def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):
+    repo = copy_of(project, tmp_path / "repo")
+    before = output_bytes(repo)
+    for case, (edit, named) in BAD_PARAMS.items():
+        edit_params(repo, edit)
+        proc = dvc(repo, "repro", check=False)
+        assert proc.returncode != 0, case
+        assert named in proc.stderr + proc.stdout, f"{case}: {proc.stderr}"
+        assert "Running stage 'validate'" in proc.stdout
+        assert proc.stdout.count("Running stage") == 1, f"{case}: only validate may run"
+        assert git(repo, "status", "--porcelain") == " M params.yaml\n", case
+        git(repo, "checkout", "-q", "params.yaml")
+        assert output_bytes(repo) == {k: v for k, v in before.items()
+                                      if k != "data/params.ok"}, case
+    # back to the committed params: only the validate stamp comes back (from DVC's run
+    # cache), byte for byte, and no other stage runs
+    ran = dvc(repo, "repro").stdout
+    assert "Running stage" not in ran.replace("Running stage 'validate'", "")
+    assert output_bytes(repo) == before
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+
 def test_exp_run_with_set_param_is_listed(project, tmp_path):
     repo = copy_of(project, tmp_path / "repo")
     dvc(repo, "exp", "run", "-n", "lr-0.02", "-S", "strategies.finetune.lr=0.02")
