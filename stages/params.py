@@ -123,6 +123,7 @@ class Train(Section):
     patience: int = Field(0, ge=0)
     target_acc: Probability = 1.0
     seeds: int = Field(1, ge=1, le=20)
+    resume: bool = True
     augment: Augment = Augment()
 
 

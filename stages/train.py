@@ -18,218 +18,26 @@ fixed thread count, no wall-clock times in any output (they go to stderr).
 from __future__ import annotations
 
 import argparse
-import sys
+import hashlib
+import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from stages import data, files, models
+from stages import data, files, loop, models, runtime, transforms
+from stages.loop import Fit, log as _log
 from stages.runtime import Runtime, from_params, torch_state
 from stages.params import Params, Phase, StageError, load, run_main
 from stages.transforms import eval_transform, resize_size, train_transform
 
 PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def _log(msg: str) -> None:
-    tqdm.write(msg, file=sys.stderr)
-
-
-# ---- optimiser and schedule per phase -------------------------------------------------------
-
-_OPTIMIZERS = {
-    "sgd": lambda groups, ph: torch.optim.SGD(groups, lr=ph.lr, momentum=ph.momentum,
-                                              nesterov=ph.nesterov,
-                                              weight_decay=ph.weight_decay),
-    "adam": lambda groups, ph: torch.optim.Adam(groups, lr=ph.lr, weight_decay=ph.weight_decay),
-    "adamw": lambda groups, ph: torch.optim.AdamW(groups, lr=ph.lr,
-                                                  weight_decay=ph.weight_decay),
-}
-
-_SCHEDULES = {
-    "none": lambda opt, ph: None,
-    "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(opt, ph.schedule.step_size,
-                                                            ph.schedule.gamma),
-    "cosine": lambda opt, ph: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs),
-}
-
-
-def _optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
-    """Head at phase.lr (group 0), other trainable parameters at lr * backbone_lr_mult."""
-    head = models.head_name(model) + "."
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr},
-              {"params": [p for n, p in trainable if not n.startswith(head)],
-               "lr": phase.lr * phase.backbone_lr_mult}]
-    return _OPTIMIZERS[phase.optimizer]([g for g in groups if g["params"]], phase)
-
-
-# ---- one pass over batches ------------------------------------------------------------------
-
-def _epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, scaler=None,
-           desc: str = "") -> tuple[float, float, int]:
-    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given."""
-    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
-    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-    n = 0
-    for x, y in tqdm(batches, desc=desc, leave=False, disable=None, file=sys.stderr):
-        x, y = rt.batch(x), y.to(rt.device, non_blocking=True)
-        with torch.set_grad_enabled(optimizer is not None), rt.autocast():
-            out = fn(x)
-            loss = F.cross_entropy(out.float(), y)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
-    return loss_sum.item() / n, correct.item() / n, n
-
-
-class _ImageSteps:
-    """Whole network on (augmented) image batches: every strategy without cache_features."""
-    feature_seconds = 0.0
-
-    def __init__(self, model, train_loader, val_loader, rt):
-        self.model, self.train_loader, self.val_loader, self.rt = (model, train_loader,
-                                                                   val_loader, rt)
-        self.scaler = rt.grad_scaler()
-
-    def train_epoch(self, optimizer, desc):
-        models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
-        return _epoch(self.model, self.train_loader, self.rt, optimizer, self.scaler, desc)
-
-    def val_epoch(self, desc):
-        self.model.eval()
-        return _epoch(self.model, self.val_loader, self.rt, desc=desc)
-
-
-class _FeatureSteps:
-    """Only the head, on backbone features computed once (cache_features)."""
-
-    def __init__(self, head, train_xy, val_xy, batch_size, seed, rt):
-        self.head, self.train_xy, self.val_xy, self.bs, self.rt = (head, train_xy, val_xy,
-                                                                   batch_size, rt)
-        self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
-        self.scaler = rt.grad_scaler()
-
-    def _batches(self, xy, order):
-        x, y = xy
-        return [(x[i], y[i]) for i in order.to(x.device).split(self.bs)]
-
-    def train_epoch(self, optimizer, desc):
-        self.head.train()
-        order = torch.randperm(len(self.train_xy[1]), generator=self.generator)
-        return _epoch(self.head, self._batches(self.train_xy, order), self.rt, optimizer,
-                      self.scaler, desc)
-
-    def val_epoch(self, desc):
-        self.head.eval()
-        order = torch.arange(len(self.val_xy[1]))
-        return _epoch(self.head, self._batches(self.val_xy, order), self.rt, desc=desc)
-
-
-@torch.no_grad()
-def _features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, F) float32 inputs of the head, (N,) labels: the network in eval mode, head bypassed."""
-    name = models.head_name(model)
-    head = models.swap_head(model, nn.Identity(), name)
-    model.eval()
-    feats, labels = [], []
-    try:
-        for x, y in tqdm(loader, desc="features", leave=False, disable=None, file=sys.stderr):
-            with rt.autocast():
-                feats.append(model(rt.batch(x)).float())
-            labels.append(y.to(rt.device))
-    finally:
-        models.swap_head(model, head, name)
-    return torch.cat(feats), torch.cat(labels)
-
-
-# ---- the phases -----------------------------------------------------------------------------
-
-def _better(row: dict, best: dict | None, select: str) -> bool:
-    """Strictly better than the best so far (ties keep the earlier epoch)."""
-    if best is None:
-        return True
-    if select == "val_acc":
-        return row["val_acc"] > best["val_acc"]
-    return row["val_loss"] < best["val_loss"]
-
-
-@dataclass
-class _Fit:
-    history: list[dict] = field(default_factory=list)
-    best: dict | None = None                  # history row of the best epoch so far
-    best_state: dict | None = None            # state_dict copy at that epoch
-    phases: list[dict] = field(default_factory=list)  # per phase: epochs run, trainable params
-    trained: set[str] = field(default_factory=set)    # parameters trainable in any phase
-
-
-def _fit(model, arch: str, phases: list[Phase], steps, train_p) -> _Fit:
-    fit = _Fit()
-    for k, phase in enumerate(phases, 1):
-        info = models.set_trainable(model, arch, phase.trainable)
-        fit.trained |= {n for n, p in model.named_parameters() if p.requires_grad}
-        _log(f"phase {k}: trainable {phase.trainable!r} -> {info['trainable_params']:,} of "
-             f"{info['total_params']:,} parameters ({', '.join(info['trainable_modules'])})")
-        epochs, stop = _run_phase(model, k, phase, steps, train_p, fit)
-        fit.phases.append({"phase": k, "epochs": epochs, **info})
-        if stop:
-            break
-    return fit
-
-
-def _run_phase(model, k: int, phase: Phase, steps, train_p, fit: _Fit) -> tuple[int, bool]:
-    """One phase's epochs, a fresh optimiser and schedule; (epochs run, stop the whole run?).
-
-    train.patience ends this phase (the next one changes the setting and may still improve);
-    train.target_acc ends the run.
-    """
-    optimizer = _optimizer(model, phase)
-    scheduler = _SCHEDULES[phase.schedule.name](optimizer, phase)
-    stale = 0
-    for run in range(1, phase.epochs + 1):
-        row = _one_epoch(len(fit.history) + 1, k, optimizer, steps)
-        if scheduler is not None:
-            scheduler.step()
-        fit.history.append(row)
-        if _better(row, fit.best, train_p.select):
-            fit.best, stale = row, 0
-            fit.best_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        else:
-            stale += 1
-        if train_p.target_acc < 1.0 and row["val_acc"] >= train_p.target_acc:
-            _log(f"val_acc {row['val_acc']:.4f} reached train.target_acc; stopping")
-            return run, True
-        if train_p.patience and stale >= train_p.patience:
-            _log(f"no better {train_p.select} for {stale} epochs; ending phase {k}")
-            return run, False
-    return phase.epochs, False
-
-
-def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
-    lr = optimizer.param_groups[0]["lr"]  # group 0 is the head
-    start = time.perf_counter()
-    train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train")
-    val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
-    secs = time.perf_counter() - start
-    _log(f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "
-         f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-         f"[{secs:.1f} s, {(n_train + n_val) / secs:.1f} img/s]")
-    # seconds/images are for the caller and the log only; the TSV keeps PLOT_COLUMNS
-    return {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss,
-            "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "seconds": secs, "images": n_train + n_val}
-
+# train.* keys that change speed or bookkeeping, never the weights: left out of the checkpoint
+# and of the resume fingerprint
+SPEED_ONLY = {"workers", "resume"}
+# the code a resume state must have been written by (a change starts the run from scratch)
+ENGINE_MODULES = (loop, models, data, runtime, transforms)
 
 # ---- inputs and outputs ---------------------------------------------------------------------
 
@@ -286,37 +94,40 @@ def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
 def _steps(model, strategy, params: Params, datasets, rt: Runtime):
     train_loader, val_loader = _loaders(params, datasets, rt, strategy.cache_features)
     if not strategy.cache_features:
-        return _ImageSteps(model, train_loader, val_loader, rt)
+        return loop.ImageSteps(model, train_loader, val_loader, rt)
     start = time.perf_counter()
-    train_xy, val_xy = _features(model, train_loader, rt), _features(model, val_loader, rt)
+    train_xy, val_xy = (loop.cached_features(model, train_loader, rt),
+                        loop.cached_features(model, val_loader, rt))
     secs = time.perf_counter() - start
     n = len(train_xy[1]) + len(val_xy[1])
     _log(f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
          f"in {secs:.1f} s ({n / secs:.1f} img/s)")
     head = model.get_submodule(models.head_name(model))
-    steps = _FeatureSteps(head, train_xy, val_xy, params.train.batch_size, params.seed, rt)
+    steps = loop.FeatureSteps(head, train_xy, val_xy, params.train.batch_size, params.seed, rt)
     steps.feature_seconds = secs
     return steps
 
 
-def _meta(strategy_name: str, strategy, params: Params, classes, fit: _Fit) -> dict:
+def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit) -> dict:
+    """The checkpoint's description of the model; a JSON round trip gives it fresh string
+    objects, so its pickled bytes do not depend on whether params came from a file or were
+    built in the same process (pickle shares identical objects, e.g. a "cpu" that torch uses)."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
-    return {"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
+    return json.loads(json.dumps({"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
             "transform": {"image_size": tp.image_size, "resize_size": resize_size(tp.image_size),
                           "mean": mean, "std": std},
             "strategy": {"name": strategy_name, "arch": strategy.arch,
                          "weights": strategy.weights, "cache_features": strategy.cache_features,
                          "phases": [p.model_dump() for p in strategy.resolved_phases()],
-                         # workers left out: they change speed, not the weights
-                         "seed": params.seed, "train": tp.model_dump(exclude={"workers"})},
-            "best_epoch": fit.best["epoch"], "select": tp.select}
+                         "seed": params.seed, "train": tp.model_dump(exclude=SPEED_ONLY)},
+            "best_epoch": fit.best["epoch"], "select": tp.select}))
 
 
 # ---- the worker -----------------------------------------------------------------------------
 
 def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_path,
-          metrics_path, plots_path) -> dict:
+          metrics_path, plots_path, resume_dir=None) -> dict:
     """Train one strategy and write its checkpoint, metrics and per-epoch plot.
 
     With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the
@@ -324,6 +135,8 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     are means over runs with a `_std` beside each, and the plot shows the first run.
     Returns the metrics plus what a caller may want to check: per-phase trainable parameters,
     the epoch history, and wall-clock seconds (never written to the tracked outputs).
+    With `resume_dir` (and `train.resume`), every epoch's state is kept there and an
+    interrupted run continues from it; the folder is emptied once the outputs are written.
     """
     strategy = params.strategy(strategy_name)       # unknown name -> error listing the names
     models.check(strategy.arch, strategy.weights)   # unknown arch -> error listing the archs
@@ -335,11 +148,12 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     rt = from_params(params.train)
     start = time.perf_counter()
     datasets = _datasets(params, strategy, rows, clean_dir)
+    resumes = _resumes(resume_dir, params, strategy_name, classes, rows, clean_dir)
     runs = []
     for k in range(params.train.seeds):
         run_params = params.model_copy(update={"seed": params.seed + k})
         runs.append(_train_once(strategy_name, strategy, run_params, phases, classes,
-                                datasets, rt))
+                                datasets, rt, resumes[k]))
     (model, fit, steps), extra = runs[0], runs[1:]
     meta = _meta(strategy_name, strategy, params, classes, fit)
     if extra:
@@ -352,15 +166,45 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
         metrics = _mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra])
     files.write_json(metrics_path, metrics)
     files.write_text(plots_path, _tsv(fit.history))
+    for resume in filter(None, resumes):
+        resume.clear()
     secs = time.perf_counter() - start
     _log(f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
          f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all")
     return {**metrics, "phases": fit.phases, "history": fit.history, "seconds": secs,
-            "feature_seconds": steps.feature_seconds}
+            "feature_seconds": steps.feature_seconds, "resumed_at": fit.resumed_at}
+
+
+def _resumes(resume_dir, params: Params, strategy_name: str, classes, rows,
+             clean_dir) -> list[loop.Resume | None]:
+    """One resume file per seed's run, or None each when resuming is off."""
+    if resume_dir is None or not params.train.resume:
+        return [None] * params.train.seeds
+    fingerprint = _fingerprint(params, strategy_name, classes, rows, clean_dir)
+    return [loop.Resume(Path(resume_dir) / f"seed{params.seed + k}.pt", fingerprint)
+            for k in range(params.train.seeds)]
+
+
+def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -> str:
+    """sha256 of everything a run's weights depend on: the strategy and train settings, the
+    classes and rows, every image's bytes, the engine's code and torch's version."""
+    strategy = params.strategy(strategy_name)
+    config = {"strategy": strategy.model_dump(), "seed": params.seed, "threads": params.threads,
+              "train": params.train.model_dump(exclude=SPEED_ONLY), "classes": list(classes),
+              "rows": rows, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for module in ENGINE_MODULES:
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    for split in ("train", "val"):
+        for path, _ in rows[split]:
+            with open(Path(clean_dir) / path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
-                rt: Runtime):
+                rt: Runtime, resume: loop.Resume | None = None):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     with torch_state(rt, seed=params.seed, threads=params.threads):
         model = models.build(strategy.arch, len(classes), strategy.weights)
@@ -371,12 +215,12 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, datase
              f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
              f"{rt.precision}, seed {params.seed}")
         steps = _steps(model, strategy, params, datasets, rt)
-        fit = _fit(model, strategy.arch, phases, steps, params.train)
+        fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
         model.load_state_dict(fit.best_state)
     return model, fit, steps
 
 
-def _run_metrics(model: nn.Module, fit: _Fit) -> dict:
+def _run_metrics(model: nn.Module, fit: Fit) -> dict:
     return {"best_epoch": fit.best["epoch"], "best_val_acc": round(fit.best["val_acc"], 6),
             "best_val_loss": round(fit.best["val_loss"], 6), "epochs": len(fit.history),
             "trainable_params": sum(p.numel() for n, p in model.named_parameters()
@@ -403,11 +247,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="checkpoint to write (models/S.pt)")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--plots", required=True, help="per-epoch TSV to write")
+    ap.add_argument("--resume", help="folder for the per-epoch resume state (kept outside the "
+                    "tracked outputs; emptied when the stage completes)")
     ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = ap.parse_args(argv)
     params = load(args.params)
     train(args.strategy, params, clean_dir=args.clean, split_dir=args.split,
-          model_path=args.model, metrics_path=args.metrics, plots_path=args.plots)
+          model_path=args.model, metrics_path=args.metrics, plots_path=args.plots,
+          resume_dir=args.resume)
 
 
 if __name__ == "__main__":

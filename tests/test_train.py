@@ -285,3 +285,97 @@ def test_training_under_bf16_autocast_learns_and_is_repeatable(params_raw, datas
     assert ckpt["strategy"]["train"]["precision"] == "bf16"
     assert all(t.dtype == torch.float32 for t in ckpt["state_dict"].values()
                if t.is_floating_point())  # autocast never leaks into the saved weights
+
+
+# ---- resuming after an interruption -----------------------------------------------------------
+
+PHASED = {"s": {"arch": "cnn2", "weights": "none", "trainable": "head", "optimizer": "sgd",
+                "lr": 0.05, "momentum": 0.9, "schedule": {"name": "none"}, "epochs": 3,
+                "phases": [{"trainable": "all", "optimizer": "adam", "lr": 0.003,
+                            "schedule": {"name": "cosine"}, "epochs": 6}]}}
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in ("m.pt", "m.json", "p.tsv")}
+
+
+def train_cmd(params_path: Path, dataset, out: Path, resume: Path) -> list[str]:
+    clean, split = dataset
+    return [sys.executable, "-m", "stages.train", "s", "--clean", str(clean), "--split",
+            str(split), "--model", str(out / "m.pt"), "--metrics", str(out / "m.json"),
+            "--plots", str(out / "p.tsv"), "--params", str(params_path), "--resume", str(resume)]
+
+
+def saved_epochs(path: Path) -> int:
+    try:
+        return len(torch.load(path, weights_only=True)["history"])
+    except Exception:  # not written yet, or being replaced this instant
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [2, 5])  # inside phase 1, inside phase 2
+def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_path, kill_after):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import ROOT
+    dataset = make_clean_split(tmp_path / "data", per_class=40, val_per_class=10, size=48)
+    params = make_params(params_raw, PHASED, image_size=48)
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    reference = run_train(params, "s", dataset, tmp_path / "ref")  # never interrupted
+    epoch_secs = sorted(row["seconds"] for row in reference["history"])[4]
+
+    out, resume = tmp_path / "out", tmp_path / "resume"
+    proc = subprocess.Popen(train_cmd(params_path, dataset, out, resume), cwd=ROOT,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while saved_epochs(resume / "seed0.pt") < kill_after and proc.poll() is None:
+        assert time.monotonic() < deadline, "no resume state was written"
+        time.sleep(0.01)
+    time.sleep(epoch_secs / 2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "m.pt").exists(), "killed too late: the run had finished"
+
+    again = subprocess.run(train_cmd(params_path, dataset, out, resume), cwd=ROOT,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    (line,) = [x for x in again.stderr.splitlines() if x.startswith("resuming after epoch")]
+    assert int(line.split()[3]) >= kill_after
+    assert outputs(out) == outputs(tmp_path / "ref")
+    assert not (resume / "seed0.pt").exists(), "the resume state is removed at the end"
+    assert len(reference["history"]) == 9
+
+
+def test_state_of_other_params_is_discarded_and_resume_can_be_off(params_raw, dataset,
+                                                                   tmp_path):
+    strategy = {"s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01,
+                      "epochs": 2}}
+    params = make_params(params_raw, strategy)
+    clean, split = dataset
+    resume = tmp_path / "resume"
+    kw = dict(clean_dir=clean, split_dir=split, metrics_path=tmp_path / "m.json",
+              plots_path=tmp_path / "p.tsv", resume_dir=resume)
+    # a finished run of another lr left its state behind (as if killed before the outputs)
+    other = make_params(params_raw, {"s": {**strategy["s"], "lr": 0.02}})
+    fp_other = train_stage._fingerprint(other, "s", CLASSES,
+                                        {s: data.read_rows(split, s) for s in ("train", "val")},
+                                        clean)
+    stale = {"fingerprint": fp_other, "history": [{"epoch": 1}] * 2}
+    resume.mkdir()
+    torch.save(stale, resume / "seed0.pt")
+    got = train_stage.train("s", params, model_path=tmp_path / "a" / "m.pt", **kw)
+    assert got["resumed_at"] == 0 and len(got["history"]) == 2
+    train_stage.train("s", params, model_path=tmp_path / "b" / "m.pt",
+                      **{**kw, "resume_dir": None})
+    # torch.save records the file name: same name in other folders for comparable bytes
+    assert (tmp_path / "a/m.pt").read_bytes() == (tmp_path / "b/m.pt").read_bytes()
+    assert not (resume / "seed0.pt").exists()
+
+    off = make_params(params_raw, strategy, resume=False)
+    train_stage.train("s", off, model_path=tmp_path / "c" / "m.pt", **kw)
+    assert not resume.exists() or not any(resume.iterdir())
+    assert (tmp_path / "c/m.pt").read_bytes() == (tmp_path / "b/m.pt").read_bytes()

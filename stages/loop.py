@@ -1,0 +1,347 @@
+"""The training engine that stages/train.py drives: an optimiser and schedule per phase, the two
+kinds of step (the whole network on image batches, or only the head on backbone features
+computed once), epochs with early stopping, the best epoch's weights, and a resumable state
+written after every epoch.
+
+Resuming: with a `Resume` the state after each epoch (weights, optimiser, schedule, grad scaler,
+every random generator, the history and best-so-far, where in which phase) is written atomically
+to one file. A later run with the same fingerprint (same config, code and data) starts from it
+and ends with the same bytes as a run that was never interrupted; a state with another
+fingerprint is discarded. The stage removes the file once its outputs are written.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages import models
+from stages.params import Phase
+from stages.runtime import Runtime
+
+
+def log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+# ---- optimiser and schedule per phase -------------------------------------------------------
+
+OPTIMIZERS = {
+    "sgd": lambda groups, ph: torch.optim.SGD(groups, lr=ph.lr, momentum=ph.momentum,
+                                              nesterov=ph.nesterov,
+                                              weight_decay=ph.weight_decay),
+    "adam": lambda groups, ph: torch.optim.Adam(groups, lr=ph.lr, weight_decay=ph.weight_decay),
+    "adamw": lambda groups, ph: torch.optim.AdamW(groups, lr=ph.lr,
+                                                  weight_decay=ph.weight_decay),
+}
+
+SCHEDULES = {
+    "none": lambda opt, ph: None,
+    "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(opt, ph.schedule.step_size,
+                                                            ph.schedule.gamma),
+    "cosine": lambda opt, ph: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs),
+}
+
+
+def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
+    """Head at phase.lr (group 0), other trainable parameters at lr * backbone_lr_mult."""
+    head = models.head_name(model) + "."
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr},
+              {"params": [p for n, p in trainable if not n.startswith(head)],
+               "lr": phase.lr * phase.backbone_lr_mult}]
+    return OPTIMIZERS[phase.optimizer]([g for g in groups if g["params"]], phase)
+
+
+# ---- one pass over batches ------------------------------------------------------------------
+
+def run_epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, scaler=None,
+              desc: str = "") -> tuple[float, float, int]:
+    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+    n = 0
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=None, file=sys.stderr):
+        x, y = rt.batch(x), y.to(rt.device, non_blocking=True)
+        with torch.set_grad_enabled(optimizer is not None), rt.autocast():
+            out = fn(x)
+            loss = F.cross_entropy(out.float(), y)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    return loss_sum.item() / n, correct.item() / n, n
+
+
+def _loader_generators(loader) -> list[torch.Generator]:
+    # the sampler's (order, per-sample augmentation seeds) and the DataLoader's own (it draws a
+    # base seed from it for every new iterator, workers or not)
+    return [loader.sampler.generator, loader.generator]
+
+
+class ImageSteps:
+    """Whole network on (augmented) image batches: every strategy without cache_features."""
+    feature_seconds = 0.0
+
+    def __init__(self, model, train_loader, val_loader, rt: Runtime):
+        self.model, self.train_loader, self.val_loader, self.rt = (model, train_loader,
+                                                                   val_loader, rt)
+        self.scaler = rt.grad_scaler()
+
+    def train_epoch(self, optimizer, desc):
+        models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
+        return run_epoch(self.model, self.train_loader, self.rt, optimizer, self.scaler, desc)
+
+    def val_epoch(self, desc):
+        self.model.eval()
+        return run_epoch(self.model, self.val_loader, self.rt, desc=desc)
+
+    def generators(self) -> list[torch.Generator]:
+        return _loader_generators(self.train_loader) + _loader_generators(self.val_loader)
+
+
+class FeatureSteps:
+    """Only the head, on backbone features computed once (cache_features)."""
+
+    def __init__(self, head, train_xy, val_xy, batch_size, seed, rt: Runtime):
+        self.head, self.train_xy, self.val_xy, self.bs, self.rt = (head, train_xy, val_xy,
+                                                                   batch_size, rt)
+        self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
+        self.scaler = rt.grad_scaler()
+        self.feature_seconds = 0.0
+
+    def _batches(self, xy, order):
+        x, y = xy
+        return [(x[i], y[i]) for i in order.to(x.device).split(self.bs)]
+
+    def train_epoch(self, optimizer, desc):
+        self.head.train()
+        order = torch.randperm(len(self.train_xy[1]), generator=self.generator)
+        return run_epoch(self.head, self._batches(self.train_xy, order), self.rt, optimizer,
+                         self.scaler, desc)
+
+    def val_epoch(self, desc):
+        self.head.eval()
+        order = torch.arange(len(self.val_xy[1]))
+        return run_epoch(self.head, self._batches(self.val_xy, order), self.rt, desc=desc)
+
+    def generators(self) -> list[torch.Generator]:
+        return [self.generator]
+
+
+@torch.no_grad()
+def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F) float32 inputs of the head, (N,) labels: the network in eval mode, head bypassed."""
+    name = models.head_name(model)
+    head = models.swap_head(model, nn.Identity(), name)
+    model.eval()
+    feats, labels = [], []
+    try:
+        for x, y in tqdm(loader, desc="features", leave=False, disable=None, file=sys.stderr):
+            with rt.autocast():
+                feats.append(model(rt.batch(x)).float())
+            labels.append(y.to(rt.device))
+    finally:
+        models.swap_head(model, head, name)
+    return torch.cat(feats), torch.cat(labels)
+
+
+# ---- resumable state ------------------------------------------------------------------------
+
+@dataclass
+class Resume:
+    """Where one training run keeps its state between epochs, and what it must match."""
+    path: Path
+    fingerprint: str
+
+    def load(self, device: torch.device) -> dict | None:
+        """The saved state if it belongs to this run; a stale or unreadable one is removed."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start over rather than fail
+            log(f"{self.path}: unreadable resume state ({exc}); starting from scratch")
+            state = None
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            if state is not None:
+                log(f"{self.path}: resume state of other params, code or data; discarded")
+            self.clear()
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        """Atomically: a kill at any moment leaves the previous epoch's state or this one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                   suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rng_state(steps) -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "steps": [g.get_state() for g in steps.generators()]}
+
+
+def _set_rng_state(state: dict, steps) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    for gen, saved in zip(steps.generators(), state["steps"], strict=True):
+        gen.set_state(saved.cpu())
+
+
+# ---- the phases -----------------------------------------------------------------------------
+
+def _better(row: dict, best: dict | None, select: str) -> bool:
+    """Strictly better than the best so far (ties keep the earlier epoch)."""
+    if best is None:
+        return True
+    if select == "val_acc":
+        return row["val_acc"] > best["val_acc"]
+    return row["val_loss"] < best["val_loss"]
+
+
+@dataclass
+class Fit:
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None                  # history row of the best epoch so far
+    best_state: dict | None = None            # state_dict copy at that epoch
+    phases: list[dict] = field(default_factory=list)  # per finished phase: epochs, parameters
+    trained: set[str] = field(default_factory=set)    # parameters trainable in any phase
+    resumed_at: int = 0                       # epochs taken from a resume state (0 = fresh)
+
+
+@dataclass
+class _Position:
+    """Where a saved state stands: `epochs` run of `phase`, and whether that phase (or the whole
+    run) had ended."""
+    phase: int = 1
+    epochs: int = 0
+    stale: int = 0
+    phase_over: bool = False
+    stop: bool = False
+
+
+def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
+        resume: Resume | None = None) -> Fit:
+    """Run the phases in order; with `resume`, start where a matching saved state stopped."""
+    run, saved = Fit(), None
+    state = resume.load(next(model.parameters()).device) if resume else None
+    if state is not None:
+        run, saved = _restore(state, model, steps)
+        log(f"resuming after epoch {run.resumed_at} from {resume.path}")
+    for k, phase in enumerate(phases, 1):
+        info = models.set_trainable(model, arch, phase.trainable)
+        if saved and (k < saved.phase or (k == saved.phase and saved.phase_over)):
+            continue  # finished before the interruption
+        if saved and saved.stop:
+            break
+        run.trained |= {n for n, p in model.named_parameters() if p.requires_grad}
+        log(f"phase {k}: trainable {phase.trainable!r} -> {info['trainable_params']:,} of "
+            f"{info['total_params']:,} parameters ({', '.join(info['trainable_modules'])})")
+        start = saved if saved and k == saved.phase else _Position(phase=k)
+        stop = _run_phase(model, phase, steps, train_p, run, info, start,
+                          state if start is saved else None, resume)
+        saved = state = None
+        if stop:
+            break
+    return run
+
+
+def _restore(state: dict, model, steps) -> tuple[Fit, _Position]:
+    model.load_state_dict(state["model"])
+    _set_rng_state(state["rng"], steps)
+    run = Fit(history=state["history"], best=state["best"], best_state=state["best_state"],
+              phases=state["phases"], trained=set(state["trained"]),
+              resumed_at=len(state["history"]))
+    return run, _Position(**state["position"])
+
+
+def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _Position,
+               state: dict | None, resume: Resume | None) -> bool:
+    """One phase's epochs with a fresh optimiser and schedule (or the saved ones when resuming
+    inside this phase); returns whether the whole run stops.
+
+    train.patience ends this phase (the next one changes the setting and may still improve);
+    train.target_acc ends the run.
+    """
+    optimizer = make_optimizer(model, phase)
+    scheduler = SCHEDULES[phase.schedule.name](optimizer, phase)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            steps.scaler.load_state_dict(state["scaler"])
+    for pos.epochs in range(pos.epochs + 1, phase.epochs + 1):
+        row = _one_epoch(len(run.history) + 1, pos.phase, optimizer, steps)
+        if scheduler is not None:
+            scheduler.step()
+        run.history.append(row)
+        if _better(row, run.best, train_p.select):
+            run.best, pos.stale = row, 0
+            run.best_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        else:
+            pos.stale += 1
+        pos.stop = train_p.target_acc < 1.0 and row["val_acc"] >= train_p.target_acc
+        patience_out = bool(train_p.patience) and pos.stale >= train_p.patience
+        pos.phase_over = pos.stop or patience_out or pos.epochs == phase.epochs
+        if pos.stop:
+            log(f"val_acc {row['val_acc']:.4f} reached train.target_acc; stopping")
+        elif patience_out:
+            log(f"no better {train_p.select} for {pos.stale} epochs; ending phase {pos.phase}")
+        if pos.phase_over:
+            run.phases.append({"phase": pos.phase, "epochs": pos.epochs, **info})
+        if resume is not None:
+            resume.save(_state(model, optimizer, scheduler, steps, run, pos))
+        if pos.phase_over:
+            break
+    return pos.stop
+
+
+def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": steps.scaler.state_dict(), "rng": _rng_state(steps),
+            "history": run.history, "best": run.best, "best_state": run.best_state,
+            "phases": run.phases, "trained": sorted(run.trained),
+            "position": vars(pos).copy()}
+
+
+def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
+    lr = optimizer.param_groups[0]["lr"]  # group 0 is the head
+    start = time.perf_counter()
+    train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train")
+    val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
+    secs = time.perf_counter() - start
+    log(f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "
+        f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+        f"[{secs:.1f} s, {(n_train + n_val) / secs:.1f} img/s]")
+    # seconds/images are for the caller and the log only; the TSV keeps train.PLOT_COLUMNS
+    return {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss,
+            "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "seconds": secs, "images": n_train + n_val}
