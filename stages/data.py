@@ -103,18 +103,33 @@ class ImageDataset(Dataset):
 
 
 class SeededSampler(Sampler):
-    """Yields (index, per-sample seed), in a seeded random or the natural order."""
+    """Yields (index, per-sample seed), in a seeded random or the natural order.
 
-    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator):
+    With several processes (`world` > 1) every rank draws the same order and seeds and keeps
+    positions rank, rank + world, ...: consecutive batches of b = batch / world per rank add up
+    to the one-process batches. `pad` (training) repeats the first positions so every rank gets
+    the same number of samples, as DDP's equal step counts need; without it (validation) the
+    last ranks may get one sample fewer.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator, rank: int = 0,
+                 world: int = 1, pad: bool = False):
         self.n, self.shuffle, self.generator = n, shuffle, generator
+        self.rank, self.world, self.pad = rank, world, pad
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self._total(), self.world))
+
+    def _total(self) -> int:
+        return -(-self.n // self.world) * self.world if self.pad else self.n
 
     def __iter__(self):
         order = (torch.randperm(self.n, generator=self.generator) if self.shuffle
                  else torch.arange(self.n))
         seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator)
+        if self.world > 1:
+            keep = torch.arange(self.rank, self._total(), self.world) % self.n
+            order, seeds = order[keep], seeds[keep]
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
@@ -128,16 +143,19 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                device: torch.device | str, drop_last: bool = False) -> DataLoader:
+                device: torch.device | str, drop_last: bool = False, rank: int = 0,
+                world: int = 1, pad: bool = False) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on `seed` (for an ImageDataset;
-    other datasets: on `seed` and `workers`)."""
+    other datasets: on `seed` and `workers`). With `world` > 1 processes, this rank's share
+    (see SeededSampler); `batch_size` is then per process."""
     # Two generators: the DataLoader draws worker base seeds from its own once per iterator,
     # which happens once with persistent workers but every epoch without workers; the sampler's
     # stream must not depend on that.
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, ImageDataset):
         sampler_gen = torch.Generator().manual_seed(seed)
-        order = dict(sampler=SeededSampler(len(dataset), shuffle=shuffle, generator=sampler_gen))
+        order = dict(sampler=SeededSampler(len(dataset), shuffle=shuffle, generator=sampler_gen,
+                                           rank=rank, world=world, pad=pad))
     else:
         order = dict(shuffle=shuffle)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **order,

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages import models
+from stages import distributed, models
 from stages.params import Phase
 from stages.runtime import Runtime
 
 
 def log(msg: str) -> None:
-    tqdm.write(msg, file=sys.stderr)
+    if distributed.world().main:  # one copy of each line with several processes
+        tqdm.write(msg, file=sys.stderr)
 
 
 # ---- optimiser and schedule per phase -------------------------------------------------------
@@ -65,12 +66,14 @@ def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
 # ---- one pass over batches ------------------------------------------------------------------
 
 def run_epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, scaler=None,
-              desc: str = "") -> tuple[float, float, int]:
-    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given."""
+              desc: str = "", sharded: bool = False) -> tuple[float, float, int]:
+    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given.
+    `sharded`: each process saw its own share of the data, so the sums are taken over all."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     n = 0
-    for x, y in tqdm(batches, desc=desc, leave=False, disable=None, file=sys.stderr):
+    quiet = None if distributed.world().main else True  # tqdm: None = only on a terminal
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=quiet, file=sys.stderr):
         x, y = rt.batch(x), y.to(rt.device, non_blocking=True)
         with torch.set_grad_enabled(optimizer is not None), rt.autocast():
             out = fn(x)
@@ -83,6 +86,10 @@ def run_epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, sca
         loss_sum += loss.detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
+    if sharded:
+        loss_sum, correct, count = distributed.sum_all(
+            loss_sum, correct, torch.tensor(n, dtype=torch.int64, device=rt.device))
+        n = int(count.item())
     return loss_sum.item() / n, correct.item() / n, n
 
 
@@ -93,28 +100,41 @@ def _loader_generators(loader) -> list[torch.Generator]:
 
 
 class ImageSteps:
-    """Whole network on (augmented) image batches: every strategy without cache_features."""
+    """Whole network on (augmented) image batches: every strategy without cache_features.
+    With several processes each trains on its share through DistributedDataParallel."""
     feature_seconds = 0.0
 
     def __init__(self, model, train_loader, val_loader, rt: Runtime):
         self.model, self.train_loader, self.val_loader, self.rt = (model, train_loader,
                                                                    val_loader, rt)
         self.scaler = rt.grad_scaler()
+        self.train_fn = model
+
+    def begin_phase(self) -> None:
+        """DDP keeps the set of parameters that train from its construction on, and a phase
+        changes that set: wrap anew for every phase."""
+        if distributed.active():
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            self.train_fn = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def train_epoch(self, optimizer, desc):
         models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
-        return run_epoch(self.model, self.train_loader, self.rt, optimizer, self.scaler, desc)
+        return run_epoch(self.train_fn, self.train_loader, self.rt, optimizer, self.scaler,
+                         desc, sharded=True)
 
     def val_epoch(self, desc):
+        # the plain module: DDP's forward is a collective, and val shards may differ by one
         self.model.eval()
-        return run_epoch(self.model, self.val_loader, self.rt, desc=desc)
+        return run_epoch(self.model, self.val_loader, self.rt, desc=desc, sharded=True)
 
     def generators(self) -> list[torch.Generator]:
         return _loader_generators(self.train_loader) + _loader_generators(self.val_loader)
 
 
 class FeatureSteps:
-    """Only the head, on backbone features computed once (cache_features)."""
+    """Only the head, on backbone features computed once (cache_features). With several
+    processes the features are computed in shares and gathered, and every process then trains
+    the same head on all of them (a linear layer's step is cheaper than talking about it)."""
 
     def __init__(self, head, train_xy, val_xy, batch_size, seed, rt: Runtime):
         self.head, self.train_xy, self.val_xy, self.bs, self.rt = (head, train_xy, val_xy,
@@ -122,6 +142,9 @@ class FeatureSteps:
         self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
         self.scaler = rt.grad_scaler()
         self.feature_seconds = 0.0
+
+    def begin_phase(self) -> None:
+        pass
 
     def _batches(self, xy, order):
         x, y = xy
@@ -144,7 +167,8 @@ class FeatureSteps:
 
 @torch.no_grad()
 def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, F) float32 inputs of the head, (N,) labels: the network in eval mode, head bypassed."""
+    """(N, F) float32 inputs of the head, (N,) labels: the network in eval mode, head bypassed.
+    A loader over this process's share gives every process all N rows back, in order."""
     name = models.head_name(model)
     head = models.swap_head(model, nn.Identity(), name)
     model.eval()
@@ -156,7 +180,9 @@ def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor
             labels.append(y.to(rt.device))
     finally:
         models.swap_head(model, head, name)
-    return torch.cat(feats), torch.cat(labels)
+    total = len(loader.dataset)
+    return (distributed.gather_rows(torch.cat(feats), total),
+            distributed.gather_rows(torch.cat(labels), total))
 
 
 # ---- resumable state ------------------------------------------------------------------------
@@ -250,7 +276,9 @@ def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
         resume: Resume | None = None) -> Fit:
     """Run the phases in order; with `resume`, start where a matching saved state stopped."""
     run, saved = Fit(), None
-    state = resume.load(next(model.parameters()).device) if resume else None
+    main = distributed.world().main
+    state = resume.load(next(model.parameters()).device) if resume and main else None
+    state = distributed.broadcast_object(state)  # other machines have no file of their own
     if state is not None:
         run, saved = _restore(state, model, steps)
         log(f"resuming after epoch {run.resumed_at} from {resume.path}")
@@ -291,6 +319,7 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
     """
     optimizer = make_optimizer(model, phase)
     scheduler = SCHEDULES[phase.schedule.name](optimizer, phase)
+    steps.begin_phase()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -316,7 +345,7 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
             log(f"no better {train_p.select} for {pos.stale} epochs; ending phase {pos.phase}")
         if pos.phase_over:
             run.phases.append({"phase": pos.phase, "epochs": pos.epochs, **info})
-        if resume is not None:
+        if resume is not None and distributed.world().main:
             resume.save(_state(model, optimizer, scheduler, steps, run, pos))
         if pos.phase_over:
             break

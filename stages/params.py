@@ -124,7 +124,15 @@ class Train(Section):
     target_acc: Probability = 1.0
     seeds: int = Field(1, ge=1, le=20)
     resume: bool = True
+    nproc: int = Field(1, ge=1, le=64)
     augment: Augment = Augment()
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "Train":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} must split evenly over nproc "
+                             f"{self.nproc} processes (it is the global batch)")
+        return self
 
 
 class Schedule(Section):

@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from stages import distributed
 from stages.params import DEVICE_PATTERN, StageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -72,7 +73,8 @@ def _device(name: str) -> torch.device:
     if not torch.cuda.is_available():
         raise StageError(f"device: {name}, but no CUDA device is visible; use auto or cpu")
     device = torch.device("cuda" if name == "auto" else name)
-    index = device.index or 0
+    # one GPU per process under torchrun unless an index is given
+    index = device.index if device.index is not None else distributed.world().local_rank
     if index >= torch.cuda.device_count():
         raise StageError(f"device: {name}, but only {torch.cuda.device_count()} CUDA device(s) "
                          f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")

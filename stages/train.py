@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stages import data, files, loop, models, runtime, transforms
+from stages import data, distributed, files, loop, models, runtime, transforms
 from stages.loop import Fit, log as _log
 from stages.runtime import Runtime, from_params, torch_state
 from stages.params import Params, Phase, StageError, load, run_main
@@ -79,15 +80,20 @@ def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.Image
 
 
 def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
-    """Loaders over the datasets, their order and augmentation drawn from params.seed."""
-    tp = params.train
-    n = len(datasets["train"])
+    """Loaders over the datasets (this process's share of them), their order and augmentation
+    drawn from params.seed; train.batch_size is the global batch, split over the processes."""
+    tp, w = params.train, distributed.world()
+    batch = tp.batch_size // w.size
+    # training shares are padded to equal length (DDP steps in lockstep); not cached features,
+    # which every process gathers whole
+    pad = not cache and w.size > 1
+    n = -(-len(datasets["train"]) // w.size) if pad else len(datasets["train"])
     # a last batch of one sample would break BatchNorm in train mode: drop just that one
-    drop_last = not cache and n > 1 and n % tp.batch_size == 1
-    common = dict(batch_size=tp.batch_size, workers=tp.workers, seed=params.seed,
-                  device=rt.device)
+    drop_last = not cache and n > 1 and n % batch == 1
+    common = dict(batch_size=batch, workers=tp.workers, seed=params.seed, device=rt.device,
+                  rank=w.rank, world=w.size)
     return (data.make_loader(datasets["train"], shuffle=not cache, drop_last=drop_last,
-                             **common),
+                             pad=pad, **common),
             data.make_loader(datasets["val"], shuffle=False, **common))
 
 
@@ -108,13 +114,14 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime):
     return steps
 
 
-def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit) -> dict:
+def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit,
+          extra: list = ()) -> dict:
     """The checkpoint's description of the model; a JSON round trip gives it fresh string
     objects, so its pickled bytes do not depend on whether params came from a file or were
     built in the same process (pickle shares identical objects, e.g. a "cpu" that torch uses)."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
-    return json.loads(json.dumps({"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
+    meta = json.loads(json.dumps({"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
             "transform": {"image_size": tp.image_size, "resize_size": resize_size(tp.image_size),
                           "mean": mean, "std": std},
             "strategy": {"name": strategy_name, "arch": strategy.arch,
@@ -122,6 +129,11 @@ def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit) -> di
                          "phases": [p.model_dump() for p in strategy.resolved_phases()],
                          "seed": params.seed, "train": tp.model_dump(exclude=SPEED_ONLY)},
             "best_epoch": fit.best["epoch"], "select": tp.select}))
+    if extra:  # the other seeds' runs: (model, fit, steps) each
+        meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
+                         "state_dict": models.cpu_state(f.best_state)}
+                        for k, (_, f, _) in enumerate(extra, 1)]
+    return meta
 
 
 # ---- the worker -----------------------------------------------------------------------------
@@ -149,30 +161,34 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     start = time.perf_counter()
     datasets = _datasets(params, strategy, rows, clean_dir)
     resumes = _resumes(resume_dir, params, strategy_name, classes, rows, clean_dir)
-    runs = []
-    for k in range(params.train.seeds):
-        run_params = params.model_copy(update={"seed": params.seed + k})
-        runs.append(_train_once(strategy_name, strategy, run_params, phases, classes,
-                                datasets, rt, resumes[k]))
+    with distributed.process_group(rt.device) as world:
+        runs = []
+        for k in range(params.train.seeds):
+            run_params = params.model_copy(update={"seed": params.seed + k})
+            runs.append(_train_once(strategy_name, strategy, run_params, phases, classes,
+                                    datasets, rt, resumes[k]))
     (model, fit, steps), extra = runs[0], runs[1:]
-    meta = _meta(strategy_name, strategy, params, classes, fit)
-    if extra:
-        meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
-                         "state_dict": models.cpu_state(f.best_state)}
-                        for k, (_, f, _) in enumerate(extra, 1)]
-    models.save_checkpoint(model_path, model, meta)
     metrics = _run_metrics(model, fit)
     if extra:
         metrics = _mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra])
-    files.write_json(metrics_path, metrics)
-    files.write_text(plots_path, _tsv(fit.history))
-    for resume in filter(None, resumes):
-        resume.clear()
+    if world.main:  # every process holds the same weights; one writes them
+        _write(model_path, metrics_path, plots_path, _meta(strategy_name, strategy, params,
+                                                           classes, fit, extra),
+               model, metrics, fit)
+        for resume in filter(None, resumes):
+            resume.clear()
     secs = time.perf_counter() - start
     _log(f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
          f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all")
     return {**metrics, "phases": fit.phases, "history": fit.history, "seconds": secs,
             "feature_seconds": steps.feature_seconds, "resumed_at": fit.resumed_at}
+
+
+def _write(model_path, metrics_path, plots_path, meta: dict, model, metrics: dict,
+           fit: Fit) -> None:
+    models.save_checkpoint(model_path, model, meta)
+    files.write_json(metrics_path, metrics)
+    files.write_text(plots_path, _tsv(fit.history))
 
 
 def _resumes(resume_dir, params: Params, strategy_name: str, classes, rows,
@@ -206,7 +222,8 @@ def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -
 def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
                 rt: Runtime, resume: loop.Resume | None = None):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
-    with torch_state(rt, seed=params.seed, threads=params.threads):
+    threads = distributed.threads_per_process(params.threads)
+    with torch_state(rt, seed=params.seed, threads=threads):
         model = models.build(strategy.arch, len(classes), strategy.weights)
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
@@ -252,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = ap.parse_args(argv)
     params = load(args.params)
+    if params.train.nproc > 1 and not distributed.launched():
+        # the same command, N times, under torchrun's launcher (see stages/distributed.py)
+        distributed.launch(params.train.nproc, "stages.train",
+                           sys.argv[1:] if argv is None else list(argv))
+        return
     train(args.strategy, params, clean_dir=args.clean, split_dir=args.split,
           model_path=args.model, metrics_path=args.metrics, plots_path=args.plots,
           resume_dir=args.resume)
