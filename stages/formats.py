@@ -129,8 +129,9 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _one_folder(work: Path, name: str, what: str) -> Path:
-    """The single `<work>/<source>/<name>` folder; StageError naming what was there instead."""
-    found = sorted(p for p in work.glob(f"*/{name}") if p.is_dir())
+    """The single `<work>/<source>/<name>` folder (or `<work>/<name>`: a local folder source
+    that is that folder itself); StageError naming what was there instead."""
+    found = sorted(p for p in (*work.glob(name), *work.glob(f"*/{name}")) if p.is_dir())
     if len(found) != 1:
         there = sorted(p.relative_to(work).as_posix() for p in work.glob("*/*"))[:10]
         raise StageError(f"{work}: expected exactly one {name}/ folder inside {what}, found "

@@ -202,6 +202,16 @@ def test_malformed_flowers102_is_refused_naming_the_file(tmp_path, case):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*"))
 
 
+def test_local_folders_in_the_official_layout_are_converted_too(tmp_path):
+    """`url:` may name the unpacked folders (cifar-10-batches-py/, jpg/) instead of the archives."""
+    raw = tmp_path / "raw"  # as download copies a local folder source: under its own name
+    write_files(raw / "cifar-10-batches-py",
+                {k.split("/")[1]: v for k, v in cifar_members().items()})
+    (raw / "sources.json").write_text(json.dumps([{"name": "cifar-10-batches-py",
+                                                   "split": None, "format": "cifar10"}]))
+    assert extract_all(raw, tmp_path / "out", Extract())[0].files == 60
+
+
 def test_flowers102_without_its_label_file_names_all_three(tmp_path):
     files = flowers_files()
     del files["imagelabels.mat"]

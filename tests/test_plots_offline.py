@@ -21,7 +21,8 @@ import yaml
 
 from conftest import DVC, ROOT, make_project_repo, run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's name first
+CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
                                  "(apt-get install chromium; .ci/run installs it)")]
