@@ -4,6 +4,7 @@ when malformed, and run download -> extract -> clean -> split under real DVC fro
 server on 127.0.0.1 at the official URLs' paths."""
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 import typing
@@ -22,6 +23,8 @@ from stages.formats import CONVERTERS
 from stages.params import DatasetFormat, Extract, ParamsError, StageError, validate
 
 NAMES = [n.decode() for n in CIFAR_NAMES]
+# batch file -> the seed official_archives built it from
+CIFAR_BATCHES_INDEX = {f"data_batch_{i}": i - 1 for i in range(1, 6)} | {"test_batch": 5}
 
 
 def make_raw(root: Path, files: dict[str, bytes], fmt: str) -> Path:
@@ -54,7 +57,7 @@ def test_cifar10_becomes_class_folders_with_the_exact_pixels(tmp_path):
     for split, n in (("train", 5), ("test", 1)):  # 10 images a batch, one per class
         assert sorted(p.name for p in (out / "cifar10" / split).iterdir()) == sorted(NAMES)
         assert all(len(list((out / "cifar10" / split / c).iterdir())) == n for c in NAMES)
-    batch = cifar_batch(2, 10, "data_batch_3")  # what official_archives packed as batch 3
+    batch = cifar_batch(CIFAR_BATCHES_INDEX["data_batch_3"], 10, "data_batch_3")
     for i in (0, 7):
         png = out / "cifar10/train" / NAMES[batch[b"labels"][i]] / f"data_batch_3_{i:05d}.png"
         rgb = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
@@ -71,14 +74,12 @@ def test_cifar10_conversion_is_deterministic(tmp_path):
 
 
 def _edit_batch(name: str, **changes) -> dict[str, bytes]:
+    """The official members with one batch's keys replaced (data=..., labels=...)."""
     members = cifar_members()
     batch = cifar_batch(CIFAR_BATCHES_INDEX[name], 10, name)
     batch.update({k.encode(): v for k, v in changes.items()})
     members[f"cifar-10-batches-py/{name}"] = py2_pickle(batch)
     return members
-
-
-CIFAR_BATCHES_INDEX = {f"data_batch_{i}": i - 1 for i in range(1, 6)} | {"test_batch": 5}
 
 
 class RunsACommand:
@@ -135,7 +136,8 @@ def test_hostile_pickle_runs_no_code(tmp_path):
     assert (tmp_path / "proof").exists()
 
     raw = cifar_raw(tmp_path, members)
-    with pytest.raises(StageError, match=r"batches.meta.*refused to load (posix|os)\.system") as err:
+    refused = r"batches.meta.*refused to load (posix|os)\.system"
+    with pytest.raises(StageError, match=refused) as err:
         extract_all(raw, tmp_path / "out", Extract())
     assert str(raw / "cifar-10-python/cifar-10-batches-py/batches.meta") in str(err.value)
     assert not marker.exists()
@@ -260,7 +262,6 @@ def serve_preset(server, params_raw: dict, name: str, files: dict[str, bytes]) -
 
 
 def read_split(repo: Path) -> tuple[list[str], dict, dict[str, list[dict]]]:
-    import csv
     classes = json.loads((repo / "data/split/classes.json").read_text())["classes"]
     metrics = json.loads((repo / "metrics/split.json").read_text())
     rows = {s: list(csv.DictReader((repo / f"data/split/{s}.csv").open()))
@@ -270,7 +271,6 @@ def read_split(repo: Path) -> tuple[list[str], dict, dict[str, list[dict]]]:
 
 def source_of(repo: Path) -> dict[str, str]:
     """clean's image path -> the extracted file it came from."""
-    import csv
     return {r["path"]: r["source"]
             for r in csv.DictReader((repo / "data/clean/manifest.csv").open())}
 
