@@ -6,12 +6,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
+# `dvc plots show/diff` page template with Vega inlined (.dvc/config points at it); git-ignored
+TEMPLATE := .dvc/plots.html
 
 export DVC_NO_ANALYTICS := 1
 
 .PHONY: install repro test check
 
-install: $(STAMP)
+install: $(STAMP) $(TEMPLATE)
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +21,13 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
-repro: $(STAMP)
+$(TEMPLATE): $(STAMP) tools/plots_template.py
+	$(BIN)/python -m tools.plots_template --out $@
+
+repro: $(STAMP) $(TEMPLATE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP)
+test: $(STAMP) $(TEMPLATE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 check: $(STAMP)

@@ -2,7 +2,8 @@
 
 Reads params.yaml (`dataset`, `datasets.<name>`, `download`, `seed`); writes, per docs/pipeline.md,
 `data/raw/<name>` for each archive (a copy of a local folder under its own name, or `demo.zip` for
-a `generate:` entry) and `data/raw/sources.json`. HTTP(S) downloads go through the cache folder
+a `generate:` entry) and `data/raw/sources.json` (with the dataset's `format:` when it has one,
+so that extract knows how to convert the files). HTTP(S) downloads go through the cache folder
 (`--cache`, outside DVC's outputs): a partial download is resumed from `<name>.part` on the next
 try or run, a complete one is kept as `<name>` and never fetched again. Without network, put the
 file there by hand under the name the error message gives.
@@ -310,7 +311,10 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
         else:
             _check_names(dataset.archives)
             fetched = [fetch_archive(a, tmp, cache, settings) for a in dataset.archives]
-        (tmp / SOURCES).write_text(json.dumps([f.source() for f in fetched], indent=2) + "\n")
+        listing = [f.source() for f in fetched]
+        if dataset.format != "folders":  # extract converts these files together
+            listing = [{**entry, "format": dataset.format} for entry in listing]
+        (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
         replace_dir(tmp, out)
     finally:
         remove(tmp)

@@ -11,6 +11,11 @@ absolute paths, `..` components, links, device files; at most `extract.max_membe
 one compressed stream) that expands more than `extract.max_ratio` times. Everything is unpacked
 into a temporary sibling folder that is renamed over --out only when all sources succeeded.
 
+A dataset with `format:` (recorded in sources.json by download) ships in an official layout
+that is not class folders: its archives are unpacked as above (other files, such as `.mat`
+label files, are taken as they are) into a work folder, and the converter of stages.formats
+turns them into one folder named after the format, `<format>/<split>/<class>/<image>`.
+
     python -m stages.extract --raw data/raw --out data/extracted
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
+from stages.formats import CONVERTERS
 from stages.params import Extract, StageError, load, run_main
 from stages.files import remove, replace_dir
 
@@ -239,10 +245,24 @@ def _ignore_junk(folder: str, names: list[str]) -> set[str]:
     return {n for n in names if n in SKIP_FILES or n in SKIP_DIRS}
 
 
-def _copy_folder(src: Path, dest: Path) -> Extracted:
-    shutil.copytree(src, dest, ignore=_ignore_junk)
+def _tally(dest: Path) -> Extracted:
     sizes = [p.stat().st_size for p in dest.rglob("*") if p.is_file()]
     return Extracted(dest.name, None, len(sizes), sum(sizes))
+
+
+def _copy_folder(src: Path, dest: Path) -> Extracted:
+    shutil.copytree(src, dest, ignore=_ignore_junk)
+    return _tally(dest)
+
+
+def archive_kind(src: Path) -> Optional[str]:
+    """"zip", "tar" (plain or compressed) or None for another file, judged by content."""
+    try:
+        if zipfile.is_zipfile(src):
+            return "zip"
+        return "tar" if tarfile.is_tarfile(src) else None
+    except CORRUPT + (OSError,) as exc:
+        raise StageError(f"{src}: cannot read the archive: {exc}") from None
 
 
 def extract_source(src: Path, dest: Path, limits: Extract) -> Extracted:
@@ -251,18 +271,14 @@ def extract_source(src: Path, dest: Path, limits: Extract) -> Extracted:
         raise StageError(f"{src}: listed in {SOURCES} but missing; re-run the download stage")
     if src.is_dir():
         return _copy_folder(src, dest)
+    kind = archive_kind(src)
     dest.mkdir()
-    try:
-        is_zip = zipfile.is_zipfile(src)
-        is_tar = not is_zip and tarfile.is_tarfile(src)
-    except CORRUPT + (OSError,) as exc:
-        raise StageError(f"{src}: cannot read the archive: {exc}") from None
-    if not (is_zip or is_tar):
+    if kind is None:
         raise StageError(f"{src}: neither a zip nor a tar archive (checked by content: another "
                          "format, or a truncated file); point the dataset's `url:` at a "
                          f".zip/.tar(.gz/.bz2/.xz) or a folder, or {REFETCH}")
     try:
-        done = (extract_zip if is_zip else extract_tar)(src, dest, limits)
+        done = {"zip": extract_zip, "tar": extract_tar}[kind](src, dest, limits)
     except CORRUPT as exc:
         raise StageError(f"{src}: corrupt archive ({exc}); {REFETCH}") from None
     return Extracted(dest.name, None, done.files, done.bytes)
@@ -284,6 +300,42 @@ def read_sources(raw: Path) -> list[dict]:
     return sources
 
 
+def source_format(sources: list[dict], raw: Path) -> Optional[str]:
+    """The `format` all sources share (None: class folders); StageError if unknown or mixed."""
+    formats = {entry.get("format") for entry in sources}
+    if len(formats) > 1:
+        raise StageError(f"{raw / SOURCES}: sources disagree on `format` "
+                         f"({sorted(map(str, formats))}); re-run the download stage")
+    fmt = formats.pop() if formats else None
+    if fmt is not None and fmt not in CONVERTERS:
+        raise StageError(f"{raw / SOURCES}: unknown format {fmt!r}, not one of "
+                         f"{sorted(CONVERTERS)}; re-run the download stage")
+    return fmt
+
+
+def convert_sources(raw: Path, sources: list[dict], fmt: str, dest: Path,
+                    limits: Extract) -> Extracted:
+    """Unpack a `format:` dataset's archives (other files as they are) into a work folder beside
+    `dest`, convert them into `dest` with CONVERTERS[fmt], then drop the work folder."""
+    work = dest.with_name(f".{dest.name}.unpacked")
+    work.mkdir()
+    try:
+        for entry in sources:
+            src = raw / entry["name"]
+            if src.is_file() and archive_kind(src) is None:
+                shutil.copyfile(src, work / src.name)  # e.g. a .mat file the converter reads
+            else:
+                extract_source(src, work / dir_name(src.name), limits)
+        dest.mkdir()
+        CONVERTERS[fmt](work, dest)
+    except StageError as exc:  # name files by data/raw (members under their archive's name),
+        # not by the work folder, which is gone once this returns
+        raise StageError(str(exc).replace(str(work), str(raw))) from None
+    finally:
+        remove(work)
+    return _tally(dest)
+
+
 # ---- the stage ------------------------------------------------------------------------------
 
 def _unique_dirs(sources: list[dict], raw: Path) -> list[str]:
@@ -295,6 +347,11 @@ def _unique_dirs(sources: list[dict], raw: Path) -> list[str]:
     return dirs
 
 
+def _extract_entry(raw: Path, entry: dict, dest: Path, limits: Extract) -> Extracted:
+    got = extract_source(raw / entry["name"], dest, limits)
+    return Extracted(dest.name, entry.get("split"), got.files, got.bytes)
+
+
 def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     """Unpack every source listed in `raw`/sources.json into `out`; returns what was written.
 
@@ -302,15 +359,16 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     interrupt leaves the previous `out` as it was (or absent)."""
     raw, out = Path(raw), Path(out)
     sources = read_sources(raw)
+    fmt = source_format(sources, raw)
     dirs = _unique_dirs(sources, raw)
     tmp = out.with_name(f".{out.name}.partial")
     remove(tmp)
     tmp.mkdir(parents=True)
     try:
-        done = []
-        for entry, d in zip(sources, dirs):
-            got = extract_source(raw / entry["name"], tmp / d, limits)
-            done.append(Extracted(d, entry.get("split"), got.files, got.bytes))
+        if fmt:
+            done = [convert_sources(raw, sources, fmt, tmp / fmt, limits)]
+        else:
+            done = [_extract_entry(raw, entry, tmp / d, limits) for entry, d in zip(sources, dirs)]
         listing = [{"dir": e.dir, "split": e.split} for e in done]
         (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
         replace_dir(tmp, out)

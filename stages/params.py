@@ -21,6 +21,9 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 SplitName = Literal["train", "val", "test"]
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device: auto | cpu | cuda | cuda:N
+# How a dataset's archives become class folders (keys of stages.formats.CONVERTERS, plus the
+# default `folders`: they already are class folders).
+DatasetFormat = Literal["folders", "cifar10", "flowers102"]
 
 
 class ParamsError(ValueError):
@@ -54,11 +57,24 @@ class Archive(Section):
 class Dataset(Section):
     generate: Optional[Generate] = None
     archives: Optional[list[Archive]] = Field(None, min_length=1)
+    format: DatasetFormat = "folders"
 
     @model_validator(mode="after")
     def _one_source(self) -> "Dataset":
         if (self.generate is None) == (self.archives is None):
             raise ValueError("give exactly one of `generate:` or `archives:`")
+        return self
+
+    @model_validator(mode="after")
+    def _format_needs_archives(self) -> "Dataset":
+        if self.format == "folders":
+            return self
+        if self.archives is None:
+            raise ValueError(f"`format: {self.format}` converts downloaded archives; "
+                             "give `archives:` (not `generate:`)")
+        if any(a.split is not None for a in self.archives):
+            raise ValueError(f"`format: {self.format}` takes its splits from the official "
+                             "files; remove `split:` from its archives")
         return self
 
 
