@@ -54,7 +54,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -68,8 +67,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from stages.params import Clean, StageError, load, run_main
-from stages.files import replace_dir, write_text
+from stages.errors import StageError, run_main
+from stages.params import Clean, load
+from stages.files import SOURCES, staged_dir, write_text
 
 REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
            "duplicate")
@@ -158,7 +158,7 @@ def _files_under(folder: Path) -> Iterator[Path]:
 
 def discover(extracted: Path) -> tuple[list[Candidate], list[str]]:
     """Every candidate file in data/extracted, sorted by source path, and all class names."""
-    index = extracted / "sources.json"
+    index = extracted / SOURCES
     try:
         sources = json.loads(index.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -427,10 +427,7 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
     extracted, out = Path(extracted), Path(out)
     candidates, classes = discover(extracted)
     summary = Summary(classes={c: {"kept": 0, "rejected": 0} for c in classes})
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # same file system: rename is atomic
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had this pid
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         images = tmp / "images"
         for cls in classes:
             (images / cls).mkdir(parents=True)
@@ -445,9 +442,6 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
             (images / cls).rmdir()
         (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
                                           encoding="utf-8", newline="")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful swap
     write_text(rejected, _csv_text(REJECTED_COLUMNS, rejects))
     write_text(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
     for cls in summary.empty_classes:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stages.params import StageError
+from stages.errors import StageError
 from stages.transforms import read_image
 
 # Decoded images are kept in memory when the dataset's JPEG files add up to at most this many

@@ -29,12 +29,11 @@ import urllib3
 from tqdm import tqdm
 
 from stages.demo import build_demo_zip
-from stages.params import Archive, Dataset, Download, StageError, load, run_main
-from stages.files import remove, replace_dir
+from stages.errors import StageError, run_main
+from stages.params import Archive, Dataset, Download, load
+from stages.files import CHUNK, SOURCES, staged_dir
 
-SOURCES = "sources.json"   # the file list extract reads, in params order
 DEMO_NAME = "demo.zip"     # what a `generate:` entry is written as
-CHUNK = 1 << 20            # bytes per read/write while streaming (1 MiB)
 # Worth another try: the server may recover (408 timeout, 429 rate limit, any 5xx).
 RETRY_STATUS = {408, 429}
 
@@ -298,10 +297,7 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
     Built in a sibling temporary folder and renamed over `out` at the end, so an error or an
     interrupt leaves the previous `out` as it was."""
     out, cache = Path(out), Path(cache)
-    tmp = out.with_name(f".{out.name}.partial")
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         if dataset.generate is not None:
             gen = dataset.generate
             build_demo_zip(tmp / DEMO_NAME, classes=gen.classes, per_class=gen.per_class,
@@ -311,9 +307,6 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
             _check_names(dataset.archives)
             fetched = [fetch_archive(a, tmp, cache, settings) for a in dataset.archives]
         (tmp / SOURCES).write_text(json.dumps([f.source() for f in fetched], indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        remove(tmp)
     return fetched
 
 

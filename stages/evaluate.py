@@ -22,8 +22,9 @@ import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
-from stages import data, models, transforms
-from stages.params import Evaluate, StageError, load, run_main
+from stages import data, models, seeds, transforms
+from stages.errors import StageError, run_main
+from stages.params import Evaluate, load
 from stages.files import write_json
 
 DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
@@ -60,7 +61,8 @@ def per_class(preds: np.ndarray, labels: np.ndarray,
             for i, name in enumerate(classes)}
 
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
+# metrics whose spread over train.seeds runs is written under `std`
+SPREAD = ("accuracy", "balanced_accuracy", "macro_f1", "tta.accuracy")
 
 
 def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray,
@@ -74,21 +76,6 @@ def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray
         "tta": tta,
         "per_class": per_class(probs.argmax(axis=1), labels, classes),
     }
-    return _rounded(out)
-
-
-def mean_over_runs(per_run: list[dict]) -> dict:
-    """Metrics of several training seeds: every number is the mean over runs; `std` holds the
-    spread of the headline ones and `seeds` how many runs there were."""
-    def mean(values):
-        if isinstance(values[0], dict):
-            return {k: mean([v[k] for v in values]) for k in values[0]}
-        return float(np.mean(values))
-
-    out = mean(per_run)
-    out["std"] = {key: float(np.std([m[key] for m in per_run])) for key in HEADLINE}
-    out["std"]["tta_accuracy"] = float(np.std([m["tta"]["accuracy"] for m in per_run]))
-    out["seeds"] = len(per_run)
     return _rounded(out)
 
 
@@ -219,7 +206,7 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
         if len(per_run) == 1:
             records = confusion_records(probs["single"].argmax(axis=1), labels,
                                         [path for path, _ in rows], classes)
-    metrics = per_run[0] if len(per_run) == 1 else mean_over_runs(per_run)
+    metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
     write_json(metrics_path, metrics)
     return metrics

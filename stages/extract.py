@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
-from stages.params import Extract, StageError, load, run_main
-from stages.files import remove, replace_dir
+from stages.errors import StageError, run_main
+from stages.params import Extract, load
+from stages.files import CHUNK, SOURCES, staged_dir
 
-SOURCES = "sources.json"
-CHUNK = 1 << 20  # bytes per read/write when copying a zip member (1 MiB)
 # Longest first, so `x.tar.gz` loses `.tar.gz`, not just `.gz`.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar",
                     ".zip")
@@ -303,19 +302,13 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     raw, out = Path(raw), Path(out)
     sources = read_sources(raw)
     dirs = _unique_dirs(sources, raw)
-    tmp = out.with_name(f".{out.name}.partial")
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         done = []
         for entry, d in zip(sources, dirs):
             got = extract_source(raw / entry["name"], tmp / d, limits)
             done.append(Extracted(d, entry.get("split"), got.files, got.bytes))
         listing = [{"dir": e.dir, "split": e.split} for e in done]
         (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        remove(tmp)
     return done
 
 

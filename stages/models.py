@@ -24,10 +24,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stages.params import StageError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from stages.errors import StageError
+from stages.transforms import IMAGENET_MEAN, IMAGENET_STD
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
 HALF = (0.5, 0.5, 0.5)
 
@@ -206,9 +204,7 @@ def spec(arch: str) -> ArchSpec:
 
 def check(arch: str, weights: str) -> None:
     """Fail before any work when `arch`/`weights` cannot be built."""
-    arch_spec = spec(arch)
-    if weights not in ("pretrained", "none"):
-        raise StageError(f"weights: {weights!r}; choose pretrained or none")
+    arch_spec = spec(arch)  # `weights` is already pretrained | none (params.Strategy)
     if weights == "pretrained" and not arch_spec.pretrained:
         raise StageError(f"{arch} has no pretrained weights (it is a small CNN for training from "
                          "scratch); use `weights: none`")

@@ -1,18 +1,19 @@
 """params.yaml: load it and validate it strictly, so a typo stops a stage before any work.
 
-Every stage calls `load()` in its `main()`. An unknown key, a wrong type or an out-of-range value
-raises `ParamsError` whose message names each bad key and what is allowed; `run_main` turns it
-into a one-paragraph message and exit status 2 instead of a traceback.
+Every stage calls `load()` in its `main()`. An unknown key, a wrong type, an out-of-range value or
+settings that contradict each other raise `ParamsError` (stages/errors.py) whose message names
+each bad key and what is allowed; `run_main` turns it into a message and exit status 2.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
                       model_validator)
+
+from stages.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
@@ -20,14 +21,6 @@ Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 SplitName = Literal["train", "val", "test"]
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message says which key and why."""
-
-
-class StageError(RuntimeError):
-    """Bad input a user can fix (a URL, a file, a folder); the message names it and the fix."""
 
 
 class Section(BaseModel):
@@ -113,7 +106,7 @@ class Augment(Section):
 class Train(Section):
     image_size: int = Field(96, ge=16, le=1024)
     batch_size: int = Field(32, ge=1, le=4096)
-    workers: int = Field(2, ge=0, le=64)
+    workers: int = Field(0, ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -170,6 +163,12 @@ class Phase(Section):
     schedule: Schedule = Schedule()
     epochs: int = Field(10, ge=1)
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "Phase":
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0")
+        return self
+
 
 class Strategy(Phase):
     arch: str = Field(min_length=1)
@@ -181,15 +180,20 @@ class Strategy(Phase):
         """The entry's own settings as phase 1, then each override applied on the one before."""
         phase = Phase(**{k: getattr(self, k) for k in Phase.model_fields})
         out = [phase]
-        for override in self.phases:
-            phase = Phase.model_validate({**phase.model_dump(),
-                                          **override.model_dump(exclude_none=True)})
+        for k, override in enumerate(self.phases):
+            try:
+                phase = Phase.model_validate({**phase.model_dump(),
+                                              **override.model_dump(exclude_none=True)})
+            except ValidationError as exc:  # a combination only this phase has (nesterov, ...)
+                msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(f"phases.{k}: {msgs}") from None
             out.append(phase)
         return out
 
     @model_validator(mode="after")
-    def _cache_needs_frozen(self) -> "Strategy":
-        if self.cache_features and any(p.trainable != "head" for p in self.resolved_phases()):
+    def _phases_consistent(self) -> "Strategy":
+        phases = self.resolved_phases()  # each phase checked with the settings it inherits
+        if self.cache_features and any(p.trainable != "head" for p in phases):
             raise ValueError("cache_features needs `trainable: head` in every phase "
                              "(features of a backbone that trains change every step)")
         return self
@@ -199,7 +203,7 @@ class Strategy(Phase):
 
 class Evaluate(Section):
     batch_size: int = Field(64, ge=1, le=4096)
-    workers: int = Field(2, ge=0, le=64)
+    workers: int = Field(0, ge=0, le=64)
     tta_flip: bool = True
     top_k: int = Field(5, ge=2)
 
@@ -282,11 +286,3 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return validate(raw, str(path))
 
-
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a stage's main(); a params or input error becomes a clear message and exit 2."""
-    try:
-        main()
-    except (ParamsError, StageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -31,11 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages import data, files, models
-from stages.params import Params, Phase, StageError, load, run_main
+from stages import data, files, models, seeds
+from stages.errors import StageError, run_main
+from stages.params import Params, Phase, load
 from stages.transforms import eval_transform, resize_size, train_transform
 
 PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+# metrics whose spread over train.seeds runs is written under `std`
+SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
 
 
 def _log(msg: str) -> None:
@@ -295,12 +298,6 @@ def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
                              f"outside 0..{len(classes) - 1} (classes.json)")
 
 
-def _check_phases(phases: list[Phase]) -> None:
-    for k, ph in enumerate(phases, 1):
-        if ph.optimizer == "sgd" and ph.nesterov and ph.momentum == 0:
-            raise StageError(f"phase {k}: nesterov: true needs momentum > 0")
-
-
 def _tsv(history: list[dict]) -> str:
     def fmt(v):
         return str(v) if isinstance(v, int) else f"{v:.6g}"
@@ -372,14 +369,14 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
 
     With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the
     checkpoint holds every run (the first as `state_dict`, the others under `runs`), the metrics
-    are means over runs with a `_std` beside each, and the plot shows the first run.
+    are means over runs with their spread under `std` (stages/seeds.py), and the plot shows
+    the first run.
     Returns the metrics plus what a caller may want to check: per-phase trainable parameters,
     the epoch history, and wall-clock seconds (never written to the tracked outputs).
     """
     strategy = params.strategy(strategy_name)       # unknown name -> error listing the names
     models.check(strategy.arch, strategy.weights)   # unknown arch -> error listing the archs
     phases = strategy.resolved_phases()
-    _check_phases(phases)
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
     _check_rows(rows, classes, split_dir)
@@ -400,7 +397,8 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     models.save_checkpoint(model_path, model, meta)
     metrics = _run_metrics(model, fit)
     if extra:
-        metrics = _mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra])
+        metrics = seeds.mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra],
+                                 SPREAD)
     files.write_json(metrics_path, metrics)
     files.write_text(plots_path, _tsv(fit.history))
     secs = time.perf_counter() - start
@@ -435,17 +433,6 @@ def _run_metrics(model: nn.Module, fit: _Fit) -> dict:
             "trainable_params": sum(p.numel() for n, p in model.named_parameters()
                                     if n in fit.trained),
             "total_params": sum(p.numel() for p in model.parameters())}
-
-
-def _mean_std(per_run: list[dict]) -> dict:
-    """Mean of each metric over runs, plus `<name>_std` for the ones that vary by seed."""
-    out = {"seeds": len(per_run)}
-    for key in per_run[0]:
-        values = torch.tensor([float(m[key]) for m in per_run], dtype=torch.float64)
-        out[key] = round(values.mean().item(), 6)
-        if key in ("best_val_acc", "best_val_loss", "best_epoch"):
-            out[f"{key}_std"] = round(values.std(correction=0).item(), 6)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,9 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+# Input normalisation of ImageNet-trained weights (torchvision's), also the small CNNs' default
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Eval resizes the shorter side to image_size / CROP_PCT, then centre-crops image_size
 # (the usual 224 -> 256 ratio).
 CROP_PCT = 0.875

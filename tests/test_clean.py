@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 
 from stages import clean as clean_mod
 from stages.clean import clean, discover, jpeg_complete, judge
-from stages.params import Clean, StageError
+from stages.errors import StageError
+from stages.params import Clean
 from conftest import ROOT, make_image_folder, run, write_image
 
 PARAMS = Clean(workers=1)

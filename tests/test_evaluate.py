@@ -18,7 +18,8 @@ import yaml
 from stages import models, transforms
 from stages.evaluate import (compute_metrics, confusion_records, evaluate, predict_probs,
                              scores, write_json)
-from stages.params import StageError, validate
+from stages.errors import StageError
+from stages.params import validate
 from tests.conftest import ROOT, make_image_folder
 
 CLASSES = ["cat", "dog", "eel"]

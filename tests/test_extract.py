@@ -20,7 +20,8 @@ import yaml
 
 from conftest import ROOT
 from stages.extract import dir_name, extract_all
-from stages.params import Extract, StageError
+from stages.errors import StageError
+from stages.params import Extract
 
 FILES = {"imgs/a/1.jpg": b"\xff\xd8one", "imgs/a/2.jpg": b"\xff\xd8two",
          "imgs/b/3.jpg": b"\xff\xd8three"}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stages import models
-from stages.params import StageError
+from stages.errors import StageError
 from stages.transforms import eval_transform
 
 REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",

@@ -10,7 +10,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from stages.params import StageError, validate
+from stages.errors import StageError
+from stages.params import validate
 from stages.report import best_run, confusion_matrix, gallery_records, load_runs, report
 from tests.conftest import make_image_folder
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import Split, StageError
+from stages.errors import StageError
+from stages.params import Split
 from stages.split import natural_key, split_dataset
 from tests.conftest import ROOT, run
 

@@ -14,7 +14,8 @@ import yaml
 from conftest import make_image_folder
 from stages import data, models
 from stages import train as train_stage
-from stages.params import ParamsError, StageError, run_main, validate
+from stages.errors import ParamsError, StageError, run_main
+from stages.params import validate
 from stages.transforms import eval_transform
 
 CLASSES = ("a", "b", "c")
