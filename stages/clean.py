@@ -68,7 +68,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from stages.errors import StageError, run_main
-from stages.params import Clean, load
+from stages.params import Clean, add_option, load
 from stages.files import SOURCES, staged_dir, write_text
 
 REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
@@ -450,14 +450,15 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
     return summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--extracted", type=Path, required=True, help="data/extracted")
     parser.add_argument("--out", type=Path, required=True, help="data/clean")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics/clean.json")
     parser.add_argument("--rejected", type=Path, required=True, help="reports/rejected.csv")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     summary = clean(args.extracted, args.out, args.metrics, args.rejected, params.clean)
     print(f"clean: kept {summary.kept}, rejected {summary.rejected} "
           f"({', '.join(f'{r} {n}' for r, n in summary.reasons.items() if n)})")

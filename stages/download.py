@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from stages.demo import build_demo_zip
 from stages.errors import StageError, run_main
-from stages.params import Archive, Dataset, Download, load
+from stages.params import Archive, Dataset, Download, add_option, load
 from stages.files import CHUNK, SOURCES, staged_dir
 
 DEMO_NAME = "demo.zip"     # what a `generate:` entry is written as
@@ -310,14 +310,15 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
     return fetched
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for the archives and sources.json (data/raw)")
     parser.add_argument("--cache", type=Path, required=True,
                         help="download cache kept between runs (.cache/downloads)")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     for f in download_dataset(params.active_dataset, args.out, args.cache, params.download,
                               params.seed):
         print(f"{f.how:<10} {f.name}  sha256={f.sha256}")

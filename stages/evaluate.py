@@ -24,7 +24,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, 
 
 from stages import data, models, seeds, transforms
 from stages.errors import StageError, run_main
-from stages.params import Evaluate, load
+from stages.params import Evaluate, add_option, load
 from stages.files import write_json
 
 DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
@@ -221,12 +221,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", type=Path, required=True, help="checkpoint models/<strategy>.pt")
     ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     ap.add_argument("--confusion", type=Path, required=True, help="confusion records to write")
+    add_option(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load()
+    params = load(args.params)
     params.strategy(args.strategy)  # an unknown strategy name stops here, naming the choices
     metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
                        metrics_path=args.metrics, confusion_path=args.confusion,

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 from stages.errors import StageError, run_main
-from stages.params import Extract, load
+from stages.params import Extract, add_option, load
 from stages.files import CHUNK, SOURCES, staged_dir
 
 # Longest first, so `x.tar.gz` loses `.tar.gz`, not just `.gz`.
@@ -312,13 +312,14 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     return done
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--raw", type=Path, required=True, help="download output (data/raw)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder to unpack into (data/extracted)")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     for e in extract_all(args.raw, args.out, params.extract):
         print(f"{e.dir}: {e.files} files, {e.bytes} bytes (split: {e.split or 'detect'})")
 

@@ -6,6 +6,7 @@ each bad key and what is allowed; `run_main` turns it into a message and exit st
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -274,6 +275,12 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
         # union members each report their own failure; keep one line per key
         lines = list(dict.fromkeys(_describe(e) for e in exc.errors()))
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """Every stage's `--params FILE` (default params.yaml), for tests and one-off runs."""
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE),
+                        help="params file to validate and use (default: %(default)s)")
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:

@@ -35,7 +35,7 @@ from matplotlib.figure import Figure
 
 from stages import data, files, seeds, transforms
 from stages.errors import StageError, run_main
-from stages.params import Params, load
+from stages.params import Params, add_option, load
 
 DPI = 100  # fixed, with fixed figure sizes: same pixels every run
 PNG_METADATA = {"Software": None}  # matplotlib writes its version here by default
@@ -341,12 +341,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        ("--out", "report markdown to write"),
                        ("--figures", "folder of PNG figures to write")]:
         ap.add_argument(flag, type=Path, required=True, help=what)
+    add_option(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load()
+    params = load(args.params)
     result = report(clean_dir=args.clean, split_dir=args.split,
                     train_metrics=args.train_metrics, train_plots=args.train_plots,
                     eval_metrics=args.eval_metrics, confusion=args.confusion, out=args.out,

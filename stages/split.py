@@ -38,7 +38,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from stages.errors import StageError, run_main
-from stages.params import load
+from stages.params import add_option, load
 from stages.files import json_text, staged_dir, write_json
 
 SPLITS = ("train", "val", "test")
@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clean", type=Path, required=True, help="clean stage output folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the split lists")
     parser.add_argument("--metrics", type=Path, required=True, help="split metrics JSON file")
+    add_option(parser)
     args = parser.parse_args(argv)
-    params = load()
+    params = load(args.params)
     metrics = split_dataset(args.clean, args.out, args.metrics, seed=params.seed,
                             split_params=params.split)
     n_classes = len(metrics["train"]["classes"])

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from stages import data, files, models, seeds
 from stages.errors import StageError, run_main
-from stages.params import Params, Phase, load
+from stages.params import Params, Phase, add_option, load
 from stages.transforms import eval_transform, resize_size, train_transform
 
 PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="checkpoint to write (models/S.pt)")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--plots", required=True, help="per-epoch TSV to write")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add_option(ap)
     args = ap.parse_args(argv)
     params = load(args.params)
     train(args.strategy, params, clean_dir=args.clean, split_dir=args.split,
