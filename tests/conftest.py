@@ -2,6 +2,8 @@
 datasets (skipped with a reason when ../shared is absent), and a throw-away git + DVC repo."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +14,9 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+
+from stages.clean import clean
+from stages.params import Clean
 
 pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 127.0.0.1
 
@@ -104,3 +109,51 @@ def make_project_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "pipeline"], dest)
     return dest
+
+
+# ---- the clean stage on tiny trees and on the shared real datasets -----------------------------
+
+def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> Path:
+    """A data/extracted-style folder: sources.json + one entry per source (a link to an existing
+    folder, or an empty folder the test fills)."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, target in sources.items():
+        if target is None:
+            (root / name).mkdir()
+        else:
+            (root / name).symlink_to(target, target_is_directory=True)
+        entries.append({"dir": name, "split": (splits or {}).get(name)})
+    (root / "sources.json").write_text(json.dumps(entries))
+    return root
+
+
+def run_clean(ex: Path, out: Path, params: Clean = Clean(workers=1)):
+    """Run the worker into `out`; return (summary, manifest by source, rejected by source,
+    metrics dict)."""
+    summary = clean(ex, out / "clean", out / "clean.json", out / "rejected.csv", params)
+    with open(out / "clean" / "manifest.csv", newline="", encoding="utf-8") as f:
+        manifest = {r["source"]: r for r in csv.DictReader(f)}
+    with open(out / "rejected.csv", newline="", encoding="utf-8") as f:
+        rejected = {r["source"]: r for r in csv.DictReader(f)}
+    return summary, manifest, rejected, json.loads((out / "clean.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def pets(shared_datasets, tmp_path_factory):
+    """The PetImages subset (real corrupt files) through clean: its outputs and reports."""
+    tmp = tmp_path_factory.mktemp("pets")
+    ex = extracted_tree(tmp / "extracted", {"PetImages": shared_datasets / "PetImages-subset"})
+    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
+    return dict(summary=summary, manifest=manifest, rejected=rejected, metrics=metrics,
+                src=shared_datasets / "PetImages-subset", out=tmp / "out" / "clean")
+
+
+@pytest.fixture(scope="session")
+def hymenoptera(shared_datasets, tmp_path_factory):
+    """hymenoptera (ships train/ and val/) through clean: its outputs and reports."""
+    tmp = tmp_path_factory.mktemp("hym")
+    ex = extracted_tree(tmp / "extracted",
+                        {"hymenoptera_data": shared_datasets / "hymenoptera_data"})
+    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
+    return dict(manifest=manifest, rejected=rejected, metrics=metrics, out=tmp / "out" / "clean")
