@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from stages.clean import clean
+from stages import params as P
 from stages.params import Clean
 
 pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 127.0.0.1
@@ -84,6 +86,14 @@ def run(cmd: list[str], cwd: Path, check=True, **kw) -> subprocess.CompletedProc
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def zip_folder(folder: Path, dest: Path, top: str) -> Path:
+    """Zip `folder` as `top/...` (stored: the JPEGs would not compress anyway)."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            zf.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
+    return dest
 
 
 DVC = [sys.executable, "-m", "dvc"]
@@ -157,3 +167,80 @@ def hymenoptera(shared_datasets, tmp_path_factory):
                         {"hymenoptera_data": shared_datasets / "hymenoptera_data"})
     summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
     return dict(manifest=manifest, rejected=rejected, metrics=metrics, out=tmp / "out" / "clean")
+
+
+# ---- tiny data/clean + data/split and shrunk params for train, evaluate and data tests --------
+
+CLASSES = ("a", "b", "c")
+
+
+def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple[Path, Path]:
+    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json."""
+    clean, split = root / "clean", root / "split"
+    make_image_folder(clean / "images", classes=CLASSES, per_class=per_class, size=size)
+    split.mkdir(parents=True)
+    (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    rows = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(CLASSES):
+        for i in range(per_class):
+            which = "val" if i < val_per_class else "train"
+            rows[which].append((f"images/{cls}/{i}.jpg", label, cls))
+    for name, items in rows.items():
+        with (split / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "class"])
+            w.writerows(sorted(items))
+    return clean, split
+
+
+def make_params(params_raw: dict, strategies: dict, **train) -> object:
+    """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
+    raw = dict(params_raw)
+    raw["threads"] = 1
+    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0,
+                    "device": "cpu", **train}
+    raw["strategies"] = strategies
+    return P.validate(raw)
+
+
+def run_train(params, name: str, dataset, out: Path) -> dict:
+    from stages.train import train  # torch and the models: only for the tests that train
+    clean, split = dataset
+    return train(name, params, clean_dir=clean, split_dir=split,
+                             model_path=out / "m.pt", metrics_path=out / "m.json",
+                             plots_path=out / "p.tsv")
+
+
+# ---- small real file systems: full disk and read-only ---------------------------------------
+
+class Mounts:
+    """tmpfs mounts for tests (root only; skipped with the reason elsewhere), unmounted after."""
+
+    def __init__(self):
+        self.paths: list[Path] = []
+
+    def tmpfs(self, path: Path, size: str) -> Path:
+        """A tmpfs of `size` bytes (e.g. "2m") at `path`: writes past it fail with ENOSPC."""
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip("needs permission to mount a size-limited tmpfs (root or "
+                        f"CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}")
+        self.paths.append(path)
+        return path
+
+    def read_only(self, path: Path) -> None:
+        """Remount the tmpfs at `path` read-only (chmod would not stop root)."""
+        run(["mount", "-o", "remount,ro", str(path)], path.parent)
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.paths):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def mounts():
+    m = Mounts()
+    yield m
+    m.unmount_all()

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, make_image_folder
-from http_server import zip_folder
+from conftest import ROOT, make_image_folder, zip_folder
 from stages.download import download_dataset, fetch_to_cache
 from stages.extract import extract_all
 from stages.errors import StageError

@@ -9,7 +9,7 @@ import torch
 from stages import evaluate as evaluate_stage
 from stages.report import Run, strategy_row
 from stages.seeds import mean_std
-from test_train import make_clean_split, make_params, run_train
+from conftest import make_clean_split, make_params, run_train
 
 def test_mean_std_means_every_number_and_nests_the_spread_like_the_value():
     runs = [{"accuracy": 0.5, "epochs": 2, "tta": {"accuracy": 0.6, "f1": 0.1}},

@@ -15,7 +15,7 @@ import yaml
 from stages.errors import StageError
 from stages.params import Split
 from stages.split import natural_key, split_dataset
-from tests.conftest import ROOT, run
+from conftest import ROOT, run
 
 MANIFEST_COLUMNS = ["path", "class", "split", "source", "width", "height", "sha256"]
 SPLITS = ("train", "val", "test")
