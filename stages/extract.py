@@ -21,6 +21,7 @@ import lzma
 import re
 import shutil
 import stat
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -28,13 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
-from stages.errors import StageError, run_main
+from tqdm import tqdm
+
+from stages.errors import StageError, disk_error, run_main
 from stages.params import Extract, add_option, load
 from stages.files import CHUNK, SOURCES, staged_dir
 
 # Longest first, so `x.tar.gz` loses `.tar.gz`, not just `.gz`.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar",
                     ".zip")
+PROGRESS = dict(leave=False, disable=None, file=sys.stderr)  # a bar on a terminal only
 SKIP_DIRS = {"__MACOSX"}    # macOS resource forks: never images
 SKIP_FILES = {".DS_Store"}  # macOS Finder metadata
 CORRUPT = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError)
@@ -150,7 +154,7 @@ def extract_zip(archive: Path, dest: Path, limits: Extract) -> _Budget:
     with zipfile.ZipFile(archive) as zf:
         plan = _zip_plan(archive, zf, limits)
         written = _Budget(archive, limits)
-        for info in plan:
+        for info in tqdm(plan, desc=archive.name, unit="file", **PROGRESS):
             rel = PurePosixPath(info.filename.replace("\\", "/"))
             target = dest.joinpath(*rel.parts)
             if not target.resolve().is_relative_to(dest.resolve()):  # belt and braces
@@ -163,6 +167,8 @@ def extract_zip(archive: Path, dest: Path, limits: Extract) -> _Budget:
                 _copy_member(zf, info, target, written, limits)
             # NotImplementedError: a compression method zipfile lacks (deflate64, ...)
             except CORRUPT + (OSError, NotImplementedError) as exc:
+                if disk_error(exc):
+                    raise  # the output's file system, not the archive: staged_dir names it
                 raise _refuse(archive, info.filename, f"cannot be extracted: {exc}") from None
             written.files += 1
     return written
@@ -215,10 +221,14 @@ def extract_tar(archive: Path, dest: Path, limits: Extract) -> _Budget:
     with tarfile.open(archive, "r:*") as tf:
         tf.errorlevel = 1  # filter refusals and OS errors raise instead of being logged
         try:
-            tf.extractall(dest, members=_tar_members(archive, tf, limits, budget), filter="data")
+            members = tqdm(_tar_members(archive, tf, limits, budget), desc=archive.name,
+                           unit="entry", **PROGRESS)
+            tf.extractall(dest, members=members, filter="data")
         except tarfile.FilterError as exc:
             raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
         except CORRUPT + (OSError,) as exc:
+            if disk_error(exc):
+                raise  # the output's file system, not the archive: staged_dir names it
             raise StageError(f"{archive}: corrupt or truncated tar archive ({exc}); "
                              f"{REFETCH}") from None
     return budget
@@ -248,8 +258,17 @@ def extract_source(src: Path, dest: Path, limits: Extract) -> Extracted:
     """Unpack (or copy) one entry of data/raw into `dest`, detecting the format by content."""
     if not src.exists():
         raise StageError(f"{src}: listed in {SOURCES} but missing; re-run the download stage")
-    if src.is_dir():
-        return _copy_folder(src, dest)
+    done = _copy_folder(src, dest) if src.is_dir() else _unpack(src, dest, limits)
+    if done.files == 0:
+        # refused here: clean and split would otherwise fail later with advice that cannot help
+        raise StageError(f"{src}: holds no files (nothing, or only folders, __MACOSX/ and "
+                         ".DS_Store entries); point the dataset's `url:` in params.yaml at the "
+                         f"archive or folder of images, or {REFETCH}")
+    return done
+
+
+def _unpack(src: Path, dest: Path, limits: Extract) -> Extracted:
+    """Unpack a zip or (compressed) tar file into the new folder `dest`."""
     dest.mkdir()
     try:
         is_zip = zipfile.is_zipfile(src)
