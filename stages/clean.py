@@ -54,6 +54,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -337,6 +338,13 @@ def _init_worker() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # reasons go to the CSV
 
 
+def _init_pool_worker() -> None:
+    _init_worker()
+    # Ctrl-C reaches the whole process group: the main process stops the pool and says so once;
+    # a worker caught waiting for work would otherwise print its own KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
     """forkserver where available: a plain fork of a caller that already runs threads (tqdm's
     monitor, another pool's manager, OpenCV's pool) can leave the child stuck on a lock; it did
@@ -382,8 +390,12 @@ def _judge_all(candidates: list[Candidate], images: Path, params: Clean) -> Iter
     # small chunks: the few big files (BMP, PSD, large JPEGs) spread over the workers
     chunk = max(1, min(16, len(candidates) // (params.workers * 8)))
     with ProcessPoolExecutor(params.workers, mp_context=_worker_context(),
-                             initializer=_init_worker) as pool:
-        yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
+                             initializer=_init_pool_worker) as pool:
+        try:
+            yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
+        except BaseException:  # an error or Ctrl-C: drop the queued files, do not wait for them
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _tally(candidates: list[Candidate], outcomes: Iterable[Outcome], images: Path,
