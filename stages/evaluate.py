@@ -14,6 +14,7 @@ and precision/recall/F1/support per class) and `plots/confusion/<S>.json` (one
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support, top_k_accuracy_score)
+from tqdm import tqdm
 
 from stages import data, models, seeds, transforms
 from stages.errors import StageError, run_main
@@ -199,7 +201,9 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
             dataset.transform = transform
             loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
                                       workers=workers, seed=seed, device=device)
-            probs[name] = predict_probs(model, loader, device, chunk=settings.batch_size)
+            batches = tqdm(loader, desc=f"{name} seed {len(per_run) + 1}", unit="batch",
+                           leave=False, disable=None, file=sys.stderr)  # TTA: the slow pass
+            probs[name] = predict_probs(model, batches, device, chunk=settings.batch_size)
             del loader  # ends its persistent worker processes before the next pass starts
         per_run.append(compute_metrics(probs["single"], probs["tta"], labels, classes,
                                        settings.top_k))

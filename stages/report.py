@@ -22,8 +22,10 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +34,7 @@ import torch
 from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from stages import data, files, seeds, transforms
 from stages.errors import StageError, run_main
@@ -317,12 +320,16 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     # the figures are swapped in first, then report.md replaced: an earlier report survives a
     # failed run, and a new report.md never links to figures that are not there yet
     with files.staged_dir(figures) as fig_dir, style.context("default"):  # no user matplotlibrc
-        for run in runs:
-            curves_figure(run, fig_dir / f"curves-{run.name}.png")
-        confusion_figure(runs, classes, fig_dir / "confusion.png", Path(confusion))
-        gallery_figure(best.confusion, params.report.gallery, clean_dir, fig_dir / "gallery.png")
-        augment_figure(rows["train"], params.report.augment_samples, params, clean_dir,
-                       fig_dir / "augment.png")
+        steps = [*(partial(curves_figure, run, fig_dir / f"curves-{run.name}.png") for run in runs),
+                 partial(confusion_figure, runs, classes, fig_dir / "confusion.png",
+                         Path(confusion)),
+                 partial(gallery_figure, best.confusion, params.report.gallery, clean_dir,
+                         fig_dir / "gallery.png"),
+                 partial(augment_figure, rows["train"], params.report.augment_samples, params,
+                         clean_dir, fig_dir / "augment.png")]
+        for draw in tqdm(steps, desc="figures", unit="figure", leave=False, disable=None,
+                         file=sys.stderr):
+            draw()
         text = render_markdown(dataset=params.dataset, classes=classes, counts=counts,
                                runs=runs, best=best, links=links)
     files.write_text(out, text)
