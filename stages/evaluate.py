@@ -29,7 +29,7 @@ from stages.errors import StageError, run_main
 from stages.params import Evaluate, add_option, load
 from stages.files import write_json
 
-DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
+DECIMALS = seeds.DECIMALS  # metrics are rounded: float noise must not show in a diff
 
 
 # ---- metrics from arrays (no model, no files) -----------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from stages import files
 from stages.errors import StageError
 from stages.transforms import IMAGENET_MEAN, IMAGENET_STD
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
@@ -343,7 +344,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = cpu_state(model.state_dict())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    files.remove_stale(path)  # what runs killed while saving left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         torch.save({**meta, "state_dict": state}, tmp / path.name)
         os.replace(tmp / path.name, path)
