@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from stages.errors import disk_error
+from stages.errors import WRITE_ERRORS, disk_error
 
 SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
 CHUNK = 1 << 20           # bytes per read/write when streaming or copying a file (1 MiB)
@@ -97,10 +97,24 @@ def staged_dir(out: Path) -> Iterator[Path]:
         finally:
             remove(tmp)  # already gone after a successful swap
     except OSError as exc:
-        err = disk_error(exc, out)
+        err = disk_error(exc, out) if _writing(exc, out) else None
         if err is None:
-            raise
+            raise  # not this output's file system (an input, a bug): run_main judges it
         raise err from None
+
+
+def _writing(exc: OSError, out: Path) -> bool:
+    """Whether `exc` is about `out`, its temporary or its parent folder (not an input)."""
+    if exc.filename is None and exc.filename2 is None:
+        return exc.errno in WRITE_ERRORS  # a failed write() or close() names no file
+    for name in (exc.filename, exc.filename2):
+        if name is None:
+            continue
+        path = Path(name)
+        if path == out.parent or any(p.parent == out.parent and (p == out or p.name.startswith(
+                f".{out.name}.")) for p in (path, *path.parents)):
+            return True
+    return False
 
 
 def write_text(path: Path, text: str) -> None:

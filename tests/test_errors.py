@@ -4,6 +4,7 @@ Ctrl-C, and after `kill -9` the previous output intact, the temporary git-ignore
 the next run."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
+from stages import files
+from stages.errors import StageError, disk_error
 
 PREVIOUS = "previous manifest\n"
 
@@ -98,7 +101,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_keeps_the_previous_output(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert err.splitlines() == [
-        "interrupted: the previous outputs are unchanged; run the stage again to finish"]
+        "interrupted: nothing half-written was left; run the stage again to finish"]
     assert (repo / "data/clean/manifest.csv").read_text() == PREVIOUS
     assert sorted(p.name for p in (repo / "data").iterdir()) == ["clean"]
 
@@ -137,3 +140,22 @@ def test_a_read_only_folder_is_one_line_naming_it(tmp_path, params_raw, mounts, 
                                 "file system is mounted read-only; remount it read-write and "
                                 "re-run"]
     assert (ro / "split" / "train.csv").read_text() == "previous split\n"
+
+
+# ---- stages/errors.py and files.staged_dir on their own -------------------------------------
+
+def test_a_denied_path_is_named_as_it_is_not_as_a_write():
+    exc = OSError(errno.EACCES, "Permission denied", "data/raw/a.zip")
+    assert str(disk_error(exc)) == ("data/raw/a.zip: Permission denied; fix the permissions "
+                                    "and re-run")
+    assert disk_error(OSError(errno.ENOENT, "No such file", "x")) is None  # not a disk error
+    assert disk_error(ValueError("no")) is None
+
+
+def test_staged_dir_leaves_an_inputs_error_to_run_main(tmp_path):
+    out = tmp_path / "data" / "extracted"
+    with pytest.raises(OSError) as err:  # not turned into "cannot write in data/extracted"
+        with files.staged_dir(out):
+            raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "data/raw/a.zip"))
+    assert not isinstance(err.value, StageError)
+    assert sorted(p.name for p in out.parent.iterdir()) == []
