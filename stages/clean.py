@@ -54,7 +54,7 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
+import signal
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -68,8 +68,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from stages.params import Clean, StageError, load, run_main
-from stages.files import replace_dir, write_text
+from stages.errors import StageError, run_main
+from stages.params import Clean, add_option, load
+from stages.files import SOURCES, staged_dir, write_text
 
 REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
            "duplicate")
@@ -158,7 +159,7 @@ def _files_under(folder: Path) -> Iterator[Path]:
 
 def discover(extracted: Path) -> tuple[list[Candidate], list[str]]:
     """Every candidate file in data/extracted, sorted by source path, and all class names."""
-    index = extracted / "sources.json"
+    index = extracted / SOURCES
     try:
         sources = json.loads(index.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -337,6 +338,13 @@ def _init_worker() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # reasons go to the CSV
 
 
+def _init_pool_worker() -> None:
+    _init_worker()
+    # Ctrl-C reaches the whole process group: the main process stops the pool and says so once;
+    # a worker caught waiting for work would otherwise print its own KeyboardInterrupt traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker_context() -> multiprocessing.context.BaseContext:
     """forkserver where available: a plain fork of a caller that already runs threads (tqdm's
     monitor, another pool's manager, OpenCV's pool) can leave the child stuck on a lock; it did
@@ -382,8 +390,12 @@ def _judge_all(candidates: list[Candidate], images: Path, params: Clean) -> Iter
     # small chunks: the few big files (BMP, PSD, large JPEGs) spread over the workers
     chunk = max(1, min(16, len(candidates) // (params.workers * 8)))
     with ProcessPoolExecutor(params.workers, mp_context=_worker_context(),
-                             initializer=_init_worker) as pool:
-        yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
+                             initializer=_init_pool_worker) as pool:
+        try:
+            yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
+        except BaseException:  # an error or Ctrl-C: drop the queued files, do not wait for them
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _tally(candidates: list[Candidate], outcomes: Iterable[Outcome], images: Path,
@@ -427,10 +439,7 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
     extracted, out = Path(extracted), Path(out)
     candidates, classes = discover(extracted)
     summary = Summary(classes={c: {"kept": 0, "rejected": 0} for c in classes})
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # same file system: rename is atomic
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had this pid
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         images = tmp / "images"
         for cls in classes:
             (images / cls).mkdir(parents=True)
@@ -445,9 +454,6 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
             (images / cls).rmdir()
         (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
                                           encoding="utf-8", newline="")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful swap
     write_text(rejected, _csv_text(REJECTED_COLUMNS, rejects))
     write_text(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
     for cls in summary.empty_classes:
@@ -456,14 +462,15 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
     return summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--extracted", type=Path, required=True, help="data/extracted")
     parser.add_argument("--out", type=Path, required=True, help="data/clean")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics/clean.json")
     parser.add_argument("--rejected", type=Path, required=True, help="reports/rejected.csv")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     summary = clean(args.extracted, args.out, args.metrics, args.rejected, params.clean)
     print(f"clean: kept {summary.kept}, rejected {summary.rejected} "
           f"({', '.join(f'{r} {n}' for r, n in summary.reasons.items() if n)})")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stages.params import StageError
+from stages.errors import StageError
 from stages.transforms import read_image
 
 # Decoded images are kept in memory when the dataset's JPEG files add up to at most this many
@@ -86,8 +86,8 @@ class ImageDataset(Dataset):
         path = self.root / self.rows[i][0]
         try:
             return read_image(path)
-        except RuntimeError as exc:
-            raise StageError(f"{path}: cannot be decoded ({exc}); re-run the clean stage") from None
+        except ValueError:
+            raise StageError(f"{path}: cannot be decoded; re-run the clean stage") from None
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """key: a row index, or (row index, seed) from SeededSampler for the random transform."""

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from stages.params import StageError
+from stages.errors import StageError
 
 
 @dataclass(frozen=True)

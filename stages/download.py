@@ -30,12 +30,11 @@ import urllib3
 from tqdm import tqdm
 
 from stages.demo import build_demo_zip
-from stages.params import Archive, Dataset, Download, StageError, load, run_main
-from stages.files import remove, replace_dir
+from stages.errors import StageError, run_main
+from stages.params import Archive, Dataset, Download, add_option, load
+from stages.files import CHUNK, SOURCES, staged_dir
 
-SOURCES = "sources.json"   # the file list extract reads, in params order
 DEMO_NAME = "demo.zip"     # what a `generate:` entry is written as
-CHUNK = 1 << 20            # bytes per read/write while streaming (1 MiB)
 # Worth another try: the server may recover (408 timeout, 429 rate limit, any 5xx).
 RETRY_STATUS = {408, 429}
 
@@ -299,10 +298,7 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
     Built in a sibling temporary folder and renamed over `out` at the end, so an error or an
     interrupt leaves the previous `out` as it was."""
     out, cache = Path(out), Path(cache)
-    tmp = out.with_name(f".{out.name}.partial")
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         if dataset.generate is not None:
             gen = dataset.generate
             build_demo_zip(tmp / DEMO_NAME, classes=gen.classes, per_class=gen.per_class,
@@ -315,20 +311,18 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
         if dataset.format != "folders":  # extract converts these files together
             listing = [{**entry, "format": dataset.format} for entry in listing]
         (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        remove(tmp)
     return fetched
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for the archives and sources.json (data/raw)")
     parser.add_argument("--cache", type=Path, required=True,
                         help="download cache kept between runs (.cache/downloads)")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     for f in download_dataset(params.active_dataset, args.out, args.cache, params.download,
                               params.seed):
         print(f"{f.how:<10} {f.name}  sha256={f.sha256}")

@@ -14,6 +14,7 @@ and precision/recall/F1/support per class) and `plots/confusion/<S>.json` (one
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,13 +22,15 @@ import numpy as np
 import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support, top_k_accuracy_score)
+from tqdm import tqdm
 
-from stages import data, models, runtime, transforms
+from stages import data, models, runtime, seeds, transforms
+from stages.errors import StageError, run_main
 from stages.inference import predict_probs
-from stages.params import Evaluate, StageError, load, run_main
+from stages.params import Evaluate, add_option, load
 from stages.files import write_json
 
-DECIMALS = 6  # metrics are rounded so tiny float noise does not show up in `dvc metrics diff`
+DECIMALS = seeds.DECIMALS  # metrics are rounded: float noise must not show in a diff
 
 
 # ---- metrics from arrays (no model, no files) -----------------------------------------------
@@ -61,7 +64,8 @@ def per_class(preds: np.ndarray, labels: np.ndarray,
             for i, name in enumerate(classes)}
 
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
+# metrics whose spread over train.seeds runs is written under `std`
+SPREAD = ("accuracy", "balanced_accuracy", "macro_f1", "tta.accuracy")
 
 
 def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray,
@@ -75,21 +79,6 @@ def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray
         "tta": tta,
         "per_class": per_class(probs.argmax(axis=1), labels, classes),
     }
-    return _rounded(out)
-
-
-def mean_over_runs(per_run: list[dict]) -> dict:
-    """Metrics of several training seeds: every number is the mean over runs; `std` holds the
-    spread of the headline ones and `seeds` how many runs there were."""
-    def mean(values):
-        if isinstance(values[0], dict):
-            return {k: mean([v[k] for v in values]) for k in values[0]}
-        return float(np.mean(values))
-
-    out = mean(per_run)
-    out["std"] = {key: float(np.std([m[key] for m in per_run])) for key in HEADLINE}
-    out["std"]["tta_accuracy"] = float(np.std([m["tta"]["accuracy"] for m in per_run]))
-    out["seeds"] = len(per_run)
     return _rounded(out)
 
 
@@ -174,14 +163,16 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
             dataset.transform = transform
             loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
                                       workers=workers, seed=seed, device=rt.device)
-            probs[name] = predict_probs(model, loader, rt, chunk=settings.batch_size)
+            batches = tqdm(loader, desc=f"{name} seed {len(per_run) + 1}", unit="batch",
+                           leave=False, disable=None, file=sys.stderr)  # TTA: the slow pass
+            probs[name] = predict_probs(model, batches, rt, chunk=settings.batch_size)
             del loader  # ends its persistent worker processes before the next pass starts
         per_run.append(compute_metrics(probs["single"], probs["tta"], labels, classes,
                                        settings.top_k))
         if len(per_run) == 1:
             records = confusion_records(probs["single"].argmax(axis=1), labels,
                                         [path for path, _ in rows], classes)
-    metrics = per_run[0] if len(per_run) == 1 else mean_over_runs(per_run)
+    metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
     write_json(metrics_path, metrics)
     return metrics
@@ -196,12 +187,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", type=Path, required=True, help="checkpoint models/<strategy>.pt")
     ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     ap.add_argument("--confusion", type=Path, required=True, help="confusion records to write")
+    add_option(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load()
+    params = load(args.params)
     params.strategy(args.strategy)  # an unknown strategy name stops here, naming the choices
     metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
                        metrics_path=args.metrics, confusion_path=args.confusion,

@@ -26,6 +26,7 @@ import lzma
 import re
 import shutil
 import stat
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -33,15 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
-from stages.formats import CONVERTERS
-from stages.params import Extract, StageError, load, run_main
-from stages.files import remove, replace_dir
+from tqdm import tqdm
 
-SOURCES = "sources.json"
-CHUNK = 1 << 20  # bytes per read/write when copying a zip member (1 MiB)
+from stages.errors import StageError, disk_error, run_main
+from stages.formats import CONVERTERS
+from stages.params import Extract, add_option, load
+from stages.files import CHUNK, SOURCES, remove, staged_dir
+
 # Longest first, so `x.tar.gz` loses `.tar.gz`, not just `.gz`.
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar",
                     ".zip")
+PROGRESS = dict(leave=False, disable=None, file=sys.stderr)  # a bar on a terminal only
 SKIP_DIRS = {"__MACOSX"}    # macOS resource forks: never images
 SKIP_FILES = {".DS_Store"}  # macOS Finder metadata
 CORRUPT = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError)
@@ -157,7 +160,7 @@ def extract_zip(archive: Path, dest: Path, limits: Extract) -> _Budget:
     with zipfile.ZipFile(archive) as zf:
         plan = _zip_plan(archive, zf, limits)
         written = _Budget(archive, limits)
-        for info in plan:
+        for info in tqdm(plan, desc=archive.name, unit="file", **PROGRESS):
             rel = PurePosixPath(info.filename.replace("\\", "/"))
             target = dest.joinpath(*rel.parts)
             if not target.resolve().is_relative_to(dest.resolve()):  # belt and braces
@@ -170,6 +173,8 @@ def extract_zip(archive: Path, dest: Path, limits: Extract) -> _Budget:
                 _copy_member(zf, info, target, written, limits)
             # NotImplementedError: a compression method zipfile lacks (deflate64, ...)
             except CORRUPT + (OSError, NotImplementedError) as exc:
+                if disk_error(exc):
+                    raise  # the output's file system, not the archive: staged_dir names it
                 raise _refuse(archive, info.filename, f"cannot be extracted: {exc}") from None
             written.files += 1
     return written
@@ -222,10 +227,14 @@ def extract_tar(archive: Path, dest: Path, limits: Extract) -> _Budget:
     with tarfile.open(archive, "r:*") as tf:
         tf.errorlevel = 1  # filter refusals and OS errors raise instead of being logged
         try:
-            tf.extractall(dest, members=_tar_members(archive, tf, limits, budget), filter="data")
+            members = tqdm(_tar_members(archive, tf, limits, budget), desc=archive.name,
+                           unit="entry", **PROGRESS)
+            tf.extractall(dest, members=members, filter="data")
         except tarfile.FilterError as exc:
             raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
         except CORRUPT + (OSError,) as exc:
+            if disk_error(exc):
+                raise  # the output's file system, not the archive: staged_dir names it
             raise StageError(f"{archive}: corrupt or truncated tar archive ({exc}); "
                              f"{REFETCH}") from None
     return budget
@@ -269,8 +278,17 @@ def extract_source(src: Path, dest: Path, limits: Extract) -> Extracted:
     """Unpack (or copy) one entry of data/raw into `dest`, detecting the format by content."""
     if not src.exists():
         raise StageError(f"{src}: listed in {SOURCES} but missing; re-run the download stage")
-    if src.is_dir():
-        return _copy_folder(src, dest)
+    done = _copy_folder(src, dest) if src.is_dir() else _unpack(src, dest, limits)
+    if done.files == 0:
+        # refused here: clean and split would otherwise fail later with advice that cannot help
+        raise StageError(f"{src}: holds no files (nothing, or only folders, __MACOSX/ and "
+                         ".DS_Store entries); point the dataset's `url:` in params.yaml at the "
+                         f"archive or folder of images, or {REFETCH}")
+    return done
+
+
+def _unpack(src: Path, dest: Path, limits: Extract) -> Extracted:
+    """Unpack a zip or (compressed) tar file into the new folder `dest`."""
     kind = archive_kind(src)
     dest.mkdir()
     if kind is None:
@@ -361,29 +379,24 @@ def extract_all(raw: Path, out: Path, limits: Extract) -> list[Extracted]:
     sources = read_sources(raw)
     fmt = source_format(sources, raw)
     dirs = _unique_dirs(sources, raw)
-    tmp = out.with_name(f".{out.name}.partial")
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out) as tmp:
         if fmt:
             done = [convert_sources(raw, sources, fmt, tmp / fmt, limits)]
         else:
             done = [_extract_entry(raw, entry, tmp / d, limits) for entry, d in zip(sources, dirs)]
         listing = [{"dir": e.dir, "split": e.split} for e in done]
         (tmp / SOURCES).write_text(json.dumps(listing, indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        remove(tmp)
     return done
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--raw", type=Path, required=True, help="download output (data/raw)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder to unpack into (data/extracted)")
-    args = parser.parse_args()
-    params = load()
+    add_option(parser)
+    args = parser.parse_args(argv)
+    params = load(args.params)
     for e in extract_all(args.raw, args.out, params.extract):
         print(f"{e.dir}: {e.files} files, {e.bytes} bytes (split: {e.split or 'detect'})")
 

@@ -1,14 +1,26 @@
 """Writing stage outputs so that an interrupted run leaves the previous output (or none), never a
-half-written one: folders are built beside their final place and swapped in by renames, files are
-written to a temporary name in the same folder and renamed over the old one."""
+half-written one: a folder is built beside its final place and swapped in by renames
+(`staged_dir`), a file is written to a temporary name in the same folder and renamed over the old
+one (`write_text`, `write_json`).
+
+Temporaries are named `.<name>.tmp-<pid>...` (git-ignored). A run killed with SIGKILL cannot
+delete its own, so every write first removes those whose process is gone (`remove_stale`).
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from stages.errors import WRITE_ERRORS, disk_error
+
+SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
+CHUNK = 1 << 20           # bytes per read/write when streaming or copying a file (1 MiB)
 
 
 def remove(path: Path) -> None:
@@ -19,9 +31,46 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def _tmp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def _old(out: Path) -> Path:
+    return out.with_name(f".{out.name}.old")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a leftover of an earlier process that had our id: not in use by us
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale(out: Path) -> None:
+    """Remove what killed runs left beside `out`: temporaries of dead processes, and the
+    previous output parked by `replace_dir` (put back when the swap did not finish)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(_tmp_prefix(out)) + r"(\d+)")
+    for path in out.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            remove(path)
+    old = _old(out)
+    if old.exists() and not (out.exists() or out.is_symlink()):
+        os.replace(old, out)  # killed between the two renames: the previous output comes back
+    remove(old)
+
+
 def replace_dir(tmp: Path, out: Path) -> None:
     """Put the finished folder `tmp` where `out` is, by renames only."""
-    old = out.with_name(f".{out.name}.old")
+    old = _old(out)
     remove(old)
     if out.exists() or out.is_symlink():
         os.replace(out, old)
@@ -29,11 +78,51 @@ def replace_dir(tmp: Path, out: Path) -> None:
     remove(old)
 
 
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """An empty folder beside `out` to build the new output in; it replaces `out` when the
+    block ends normally and is deleted when it raises (or is interrupted), leaving `out` as it
+    was. A full, read-only or forbidden file system raises StageError naming `out`."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        # a plain mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and this folder
+        # becomes the output; the pid makes the name unique among live processes
+        tmp = out.with_name(f"{_tmp_prefix(out)}{os.getpid()}")
+        tmp.mkdir()
+        try:
+            yield tmp
+            replace_dir(tmp, out)
+        finally:
+            remove(tmp)  # already gone after a successful swap
+    except OSError as exc:
+        err = disk_error(exc, out) if _writing(exc, out) else None
+        if err is None:
+            raise  # not this output's file system (an input, a bug): run_main judges it
+        raise err from None
+
+
+def _writing(exc: OSError, out: Path) -> bool:
+    """Whether `exc` is about `out`, its temporary or its parent folder (not an input)."""
+    if exc.filename is None and exc.filename2 is None:
+        return exc.errno in WRITE_ERRORS  # a failed write() or close() names no file
+    for name in (exc.filename, exc.filename2):
+        if name is None:
+            continue
+        path = Path(name)
+        if path == out.parent or any(p.parent == out.parent and (p == out or p.name.startswith(
+                f".{out.name}.")) for p in (path, *path.parents)):
+            return True
+    return False
+
+
 def write_text(path: Path, text: str) -> None:
     """Write `text` (UTF-8, \\n line ends) to `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

@@ -24,10 +24,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stages.params import StageError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from stages import files
+from stages.errors import StageError
+from stages.transforms import IMAGENET_MEAN, IMAGENET_STD
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
 HALF = (0.5, 0.5, 0.5)
 
@@ -206,9 +205,7 @@ def spec(arch: str) -> ArchSpec:
 
 def check(arch: str, weights: str) -> None:
     """Fail before any work when `arch`/`weights` cannot be built."""
-    arch_spec = spec(arch)
-    if weights not in ("pretrained", "none"):
-        raise StageError(f"weights: {weights!r}; choose pretrained or none")
+    arch_spec = spec(arch)  # `weights` is already pretrained | none (params.Strategy)
     if weights == "pretrained" and not arch_spec.pretrained:
         raise StageError(f"{arch} has no pretrained weights (it is a small CNN for training from "
                          "scratch); use `weights: none`")
@@ -347,7 +344,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = cpu_state(model.state_dict())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    files.remove_stale(path)  # what runs killed while saving left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         torch.save({**meta, "state_dict": state}, tmp / path.name)
         os.replace(tmp / path.name, path)

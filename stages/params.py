@@ -1,18 +1,20 @@
 """params.yaml: load it and validate it strictly, so a typo stops a stage before any work.
 
-Every stage calls `load()` in its `main()`. An unknown key, a wrong type or an out-of-range value
-raises `ParamsError` whose message names each bad key and what is allowed; `run_main` turns it
-into a one-paragraph message and exit status 2 instead of a traceback.
+Every stage calls `load()` in its `main()`. An unknown key, a wrong type, an out-of-range value or
+settings that contradict each other raise `ParamsError` (stages/errors.py) whose message names
+each bad key and what is allowed; `run_main` turns it into a message and exit status 2.
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, ValidationError,
                       ValidationInfo, field_validator, model_validator)
+
+from stages.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
@@ -24,14 +26,6 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device: auto | cpu | cuda 
 # How a dataset's archives become class folders (keys of stages.formats.CONVERTERS, plus the
 # default `folders`: they already are class folders).
 DatasetFormat = Literal["folders", "cifar10", "flowers102"]
-
-
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message says which key and why."""
-
-
-class StageError(RuntimeError):
-    """Bad input a user can fix (a URL, a file, a folder); the message names it and the fix."""
 
 
 class Section(BaseModel):
@@ -130,7 +124,7 @@ class Augment(Section):
 class Train(Section):
     image_size: int = Field(96, ge=16, le=1024)
     batch_size: int = Field(32, ge=1, le=4096)
-    workers: int = Field(2, ge=0, le=64)
+    workers: int = Field(0, ge=0, le=64)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
@@ -167,9 +161,10 @@ def _check_trainable(value: Any) -> Any:
     return value
 
 
-# all | head | N (last N blocks + head) | explicit module names
+# all | head | N (last N blocks + head) | explicit module names. The union documents the type;
+# _check_trainable alone validates it (one check, one message instead of one per union member).
 Trainable = Annotated[Union[Literal["all", "head"], int, list[str]],
-                      BeforeValidator(_check_trainable)]
+                      PlainValidator(_check_trainable)]
 
 
 class PhaseOverride(Section):
@@ -197,6 +192,12 @@ class Phase(Section):
     schedule: Schedule = Schedule()
     epochs: int = Field(10, ge=1)
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "Phase":
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0")
+        return self
+
 
 class Strategy(Phase):
     arch: str = Field(min_length=1)
@@ -208,15 +209,20 @@ class Strategy(Phase):
         """The entry's own settings as phase 1, then each override applied on the one before."""
         phase = Phase(**{k: getattr(self, k) for k in Phase.model_fields})
         out = [phase]
-        for override in self.phases:
-            phase = Phase.model_validate({**phase.model_dump(),
-                                          **override.model_dump(exclude_none=True)})
+        for k, override in enumerate(self.phases):
+            try:
+                phase = Phase.model_validate({**phase.model_dump(),
+                                              **override.model_dump(exclude_none=True)})
+            except ValidationError as exc:  # a combination only this phase has (nesterov, ...)
+                msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(f"phases.{k}: {msgs}") from None
             out.append(phase)
         return out
 
     @model_validator(mode="after")
-    def _cache_needs_frozen(self) -> "Strategy":
-        if self.cache_features and any(p.trainable != "head" for p in self.resolved_phases()):
+    def _phases_consistent(self) -> "Strategy":
+        phases = self.resolved_phases()  # each phase checked with the settings it inherits
+        if self.cache_features and any(p.trainable != "head" for p in phases):
             raise ValueError("cache_features needs `trainable: head` in every phase "
                              "(features of a backbone that trains change every step)")
         return self
@@ -226,7 +232,7 @@ class Strategy(Phase):
 
 class Evaluate(Section):
     batch_size: int = Field(64, ge=1, le=4096)
-    workers: int = Field(2, ge=0, le=64)
+    workers: int = Field(0, ge=0, le=64)
     tta_flip: bool = True
     top_k: int = Field(5, ge=2)
 
@@ -301,6 +307,12 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(lines)) from None
 
 
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """Every stage's `--params FILE` (default params.yaml), for tests and one-off runs."""
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE),
+                        help="params file to validate and use (default: %(default)s)")
+
+
 def load(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
@@ -311,11 +323,3 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return validate(raw, str(path))
 
-
-def run_main(main: Callable[[], Any]) -> None:
-    """Run a stage's main(); a params or input error becomes a clear message and exit 2."""
-    try:
-        main()
-    except (ParamsError, StageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

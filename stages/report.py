@@ -22,10 +22,10 @@ import csv
 import json
 import math
 import os
-import shutil
-import tempfile
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,16 +34,18 @@ import torch
 from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
-from stages import data, files, transforms
-from stages.params import Params, StageError, load, run_main
+from stages import data, files, seeds, transforms
+from stages.errors import StageError, run_main
+from stages.params import Params, add_option, load
 
 DPI = 100  # fixed, with fixed figure sizes: same pixels every run
 PNG_METADATA = {"Software": None}  # matplotlib writes its version here by default
 SPLITS = ("train", "val", "test")
 # Augmented samples are normalised then shown denormalised, so any stats round-trip; these are
 # the ImageNet ones the pretrained backbones use.
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
 VIEWS_PER_IMAGE = 4  # augmentation grid: each training image shown this many times, one row
 
 
@@ -107,18 +109,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int
 def strategy_row(run: Run) -> list[str]:
     """One table row; with several training seeds (train.seeds) scores read mean ± std."""
     t, e = run.train, run.eval
-    std = e.get("std", {})
-
-    def score(value, spread_key):
-        spread = std.get(spread_key)
-        return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
-
-    val = t["best_val_acc"]
-    val_std = t.get("best_val_acc_std")
     return [run.name, run.arch, run.weights, f"{t['trainable_params']:,}", f"{t['epochs']:g}",
-            f"{val:.4f}" if val_std is None else f"{val:.4f} ± {val_std:.4f}",
-            score(e["accuracy"], "accuracy"), score(e["tta"]["accuracy"], "tta_accuracy"),
-            score(e["macro_f1"], "macro_f1"), score(e["balanced_accuracy"], "balanced_accuracy")]
+            _score(t, "best_val_acc"), _score(e, "accuracy"), _score(e, "tta.accuracy"),
+            _score(e, "macro_f1"), _score(e, "balanced_accuracy")]
+
+
+def _score(metrics: dict, key: str) -> str:
+    """The value at dotted `key`, with " ± std" when the file has one (stages/seeds.py)."""
+    value, spread = seeds.value_at(metrics, key), seeds.value_at(metrics.get("std", {}), key)
+    return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
 
 
 def split_section(classes: Sequence[str], counts: dict[str, Counter]) -> list[str]:
@@ -302,12 +301,6 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def _publish(tmp: Path, out: Path, figures: Path) -> None:
-    """Swap the finished report and figures in; an earlier report survives a failed run."""
-    files.replace_dir(tmp / "figures", figures)
-    os.replace(tmp / "report.md", out)
-
-
 def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
            eval_metrics: Path, confusion: Path, out: Path, figures: Path,
            params: Params) -> dict[str, Any]:
@@ -324,26 +317,22 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     best = best_run(runs)
     names = [*(f"curves-{r.name}" for r in runs), "confusion", "gallery", "augment"]
     links = {n: Path(os.path.relpath(figures / f"{n}.png", out.parent)).as_posix() for n in names}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figures.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=figures.parent))
-    try:
-        fig_dir = tmp / "figures"
-        fig_dir.mkdir()
-        with style.context("default"):  # ignore any user matplotlibrc
-            for run in runs:
-                curves_figure(run, fig_dir / f"curves-{run.name}.png")
-            confusion_figure(runs, classes, fig_dir / "confusion.png", Path(confusion))
-            gallery_figure(best.confusion, params.report.gallery, clean_dir,
-                           fig_dir / "gallery.png")
-            augment_figure(rows["train"], params.report.augment_samples, params, clean_dir,
-                           fig_dir / "augment.png")
+    # the figures are swapped in first, then report.md replaced: an earlier report survives a
+    # failed run, and a new report.md never links to figures that are not there yet
+    with files.staged_dir(figures) as fig_dir, style.context("default"):  # no user matplotlibrc
+        steps = [*(partial(curves_figure, run, fig_dir / f"curves-{run.name}.png") for run in runs),
+                 partial(confusion_figure, runs, classes, fig_dir / "confusion.png",
+                         Path(confusion)),
+                 partial(gallery_figure, best.confusion, params.report.gallery, clean_dir,
+                         fig_dir / "gallery.png"),
+                 partial(augment_figure, rows["train"], params.report.augment_samples, params,
+                         clean_dir, fig_dir / "augment.png")]
+        for draw in tqdm(steps, desc="figures", unit="figure", leave=False, disable=None,
+                         file=sys.stderr):
+            draw()
         text = render_markdown(dataset=params.dataset, classes=classes, counts=counts,
                                runs=runs, best=best, links=links)
-        (tmp / "report.md").write_text(text, encoding="utf-8", newline="\n")
-        _publish(tmp, out, figures)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    files.write_text(out, text)
     return {"best": best.name, "rows": [strategy_row(r) for r in runs], "links": links}
 
 
@@ -359,12 +348,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        ("--out", "report markdown to write"),
                        ("--figures", "folder of PNG figures to write")]:
         ap.add_argument(flag, type=Path, required=True, help=what)
+    add_option(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load()
+    params = load(args.params)
     result = report(clean_dir=args.clean, split_dir=args.split,
                     train_metrics=args.train_metrics, train_plots=args.train_plots,
                     eval_metrics=args.eval_metrics, confusion=args.confusion, out=args.out,

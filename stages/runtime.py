@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from stages import distributed
-from stages.params import DEVICE_PATTERN, StageError
+from stages.errors import StageError
+from stages.params import DEVICE_PATTERN
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

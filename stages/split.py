@@ -29,7 +29,6 @@ import argparse
 import csv
 import math
 import re
-import shutil
 import sys
 import zlib
 from collections import Counter, defaultdict
@@ -38,8 +37,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from stages.params import StageError, load, run_main
-from stages.files import json_text, replace_dir, write_json
+from stages.errors import StageError, run_main
+from stages.params import add_option, load
+from stages.files import json_text, staged_dir, write_json
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_RANK = {"train": 0, "val": 1, "test": 2}  # a copy shipped in several splits -> highest
@@ -202,14 +202,11 @@ def _write_csv(path: Path, rows: Iterable[dict[str, str]], label: dict[str, int]
 
 def write_outputs(out_dir: Path, metrics_path: Path, classes: list[str],
                   by_split: dict[str, list[dict[str, str]]], metrics: dict) -> None:
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
-    label = {cls: i for i, cls in enumerate(classes)}
-    for name in SPLITS:
-        _write_csv(tmp / f"{name}.csv", by_split[name], label)
-    replace_dir(tmp, out_dir)
+    with staged_dir(out_dir) as tmp:
+        (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
+        label = {cls: i for i, cls in enumerate(classes)}
+        for name in SPLITS:
+            _write_csv(tmp / f"{name}.csv", by_split[name], label)
     write_json(metrics_path, metrics)
 
 
@@ -235,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clean", type=Path, required=True, help="clean stage output folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the split lists")
     parser.add_argument("--metrics", type=Path, required=True, help="split metrics JSON file")
+    add_option(parser)
     args = parser.parse_args(argv)
-    params = load()
+    params = load(args.params)
     metrics = split_dataset(args.clean, args.out, args.metrics, seed=params.seed,
                             split_params=params.split)
     n_classes = len(metrics["train"]["classes"])

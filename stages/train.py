@@ -27,13 +27,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages import data, distributed, files, loop, models, runtime, transforms
+from stages import data, distributed, files, loop, models, runtime, seeds, transforms
+from stages.errors import StageError, run_main
 from stages.loop import Fit, log as _log
+from stages.params import Params, add_option, load
 from stages.runtime import Runtime, from_params, torch_state
-from stages.params import Params, Phase, StageError, load, run_main
 from stages.transforms import eval_transform, resize_size, train_transform
 
 PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+# metrics whose spread over train.seeds runs is written under `std`
+SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
 # train.* keys that change speed or bookkeeping, never the weights: left out of the checkpoint
 # and of the resume fingerprint
 SPEED_ONLY = {"workers", "resume"}
@@ -51,12 +54,6 @@ def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
         if bad:
             raise StageError(f"{Path(split_dir) / (split + '.csv')}: {bad[0]} has a label "
                              f"outside 0..{len(classes) - 1} (classes.json)")
-
-
-def _check_phases(phases: list[Phase]) -> None:
-    for k, ph in enumerate(phases, 1):
-        if ph.optimizer == "sgd" and ph.nesterov and ph.momentum == 0:
-            raise StageError(f"phase {k}: nesterov: true needs momentum > 0")
 
 
 def _tsv(history: list[dict]) -> str:
@@ -144,7 +141,8 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
 
     With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the
     checkpoint holds every run (the first as `state_dict`, the others under `runs`), the metrics
-    are means over runs with a `_std` beside each, and the plot shows the first run.
+    are means over runs with their spread under `std` (stages/seeds.py), and the plot shows
+    the first run.
     Returns the metrics plus what a caller may want to check: per-phase trainable parameters,
     the epoch history, and wall-clock seconds (never written to the tracked outputs).
     With `resume_dir` (and `train.resume`), every epoch's state is kept there and an
@@ -153,7 +151,6 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     strategy = params.strategy(strategy_name)       # unknown name -> error listing the names
     models.check(strategy.arch, strategy.weights)   # unknown arch -> error listing the archs
     phases = strategy.resolved_phases()
-    _check_phases(phases)
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
     _check_rows(rows, classes, split_dir)
@@ -170,7 +167,8 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     (model, fit, steps), extra = runs[0], runs[1:]
     metrics = _run_metrics(model, fit)
     if extra:
-        metrics = _mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra])
+        metrics = seeds.mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra],
+                                 SPREAD)
     if world.main:  # every process holds the same weights; one writes them
         _write(model_path, metrics_path, plots_path, _meta(strategy_name, strategy, params,
                                                            classes, fit, extra),
@@ -245,17 +243,6 @@ def _run_metrics(model: nn.Module, fit: Fit) -> dict:
             "total_params": sum(p.numel() for p in model.parameters())}
 
 
-def _mean_std(per_run: list[dict]) -> dict:
-    """Mean of each metric over runs, plus `<name>_std` for the ones that vary by seed."""
-    out = {"seeds": len(per_run)}
-    for key in per_run[0]:
-        values = torch.tensor([float(m[key]) for m in per_run], dtype=torch.float64)
-        out[key] = round(values.mean().item(), 6)
-        if key in ("best_val_acc", "best_val_loss", "best_epoch"):
-            out[f"{key}_std"] = round(values.std(correction=0).item(), 6)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("strategy", help="an entry of `strategies:` in params.yaml")
@@ -266,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", required=True, help="per-epoch TSV to write")
     ap.add_argument("--resume", help="folder for the per-epoch resume state (kept outside the "
                     "tracked outputs; emptied when the stage completes)")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    add_option(ap)
     args = ap.parse_args(argv)
     params = load(args.params)
     if params.train.nproc > 1 and not distributed.launched():

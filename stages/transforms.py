@@ -10,18 +10,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+# Input normalisation of ImageNet-trained weights (torchvision's), also the small CNNs' default
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Eval resizes the shorter side to image_size / CROP_PCT, then centre-crops image_size
 # (the usual 224 -> 256 ratio).
 CROP_PCT = 0.875
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor."""
-    return decode_image(str(path), mode=ImageReadMode.RGB)
+    """Decode an image file to a (3, H, W) uint8 RGB tensor; ValueError when it cannot be.
+
+    OpenCV, as clean uses: on the 1082 JPEGs clean wrote from ../shared/datasets (hymenoptera
+    and the PetImages subset) every pixel equals torchvision.io.decode_image's (deprecated in
+    the pinned torchvision). EXIF orientation is not applied: clean writes upright images
+    without EXIF, and the old decoder did not apply it either."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise ValueError(f"{path}: OpenCV cannot read or decode it")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3) uint8
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 def resize_size(image_size: int) -> int:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from stages import files, models
-from stages.params import PARAMS_FILE, Params, ParamsError, StageError, load, run_main
+from stages.errors import ParamsError, StageError, run_main
+from stages.params import Params, add_option, load
 
 STAMP = "params.yaml is valid\n"  # fixed bytes: must not change when a valid value changes
 
@@ -47,7 +48,7 @@ def _model_problems(params: Params) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
+    add_option(ap)
     ap.add_argument("--out", required=True, help="stamp file to write (data/params.ok)")
     args = ap.parse_args(argv)
     validate(args.params, args.out)

@@ -2,16 +2,23 @@
 datasets (skipped with a reason when ../shared is absent), and a throw-away git + DVC repo."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import yaml
+
+from stages.clean import clean
+from stages import params as P
+from stages.params import Clean
 
 pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 127.0.0.1
 
@@ -81,6 +88,14 @@ def run(cmd: list[str], cwd: Path, check=True, **kw) -> subprocess.CompletedProc
     return proc
 
 
+def zip_folder(folder: Path, dest: Path, top: str) -> Path:
+    """Zip `folder` as `top/...` (stored: the JPEGs would not compress anyway)."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            zf.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
+    return dest
+
+
 DVC = [sys.executable, "-m", "dvc"]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore", ".gitignore"]
 
@@ -104,3 +119,128 @@ def make_project_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "pipeline"], dest)
     return dest
+
+
+# ---- the clean stage on tiny trees and on the shared real datasets -----------------------------
+
+def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> Path:
+    """A data/extracted-style folder: sources.json + one entry per source (a link to an existing
+    folder, or an empty folder the test fills)."""
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, target in sources.items():
+        if target is None:
+            (root / name).mkdir()
+        else:
+            (root / name).symlink_to(target, target_is_directory=True)
+        entries.append({"dir": name, "split": (splits or {}).get(name)})
+    (root / "sources.json").write_text(json.dumps(entries))
+    return root
+
+
+def run_clean(ex: Path, out: Path, params: Clean = Clean(workers=1)):
+    """Run the worker into `out`; return (summary, manifest by source, rejected by source,
+    metrics dict)."""
+    summary = clean(ex, out / "clean", out / "clean.json", out / "rejected.csv", params)
+    with open(out / "clean" / "manifest.csv", newline="", encoding="utf-8") as f:
+        manifest = {r["source"]: r for r in csv.DictReader(f)}
+    with open(out / "rejected.csv", newline="", encoding="utf-8") as f:
+        rejected = {r["source"]: r for r in csv.DictReader(f)}
+    return summary, manifest, rejected, json.loads((out / "clean.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def pets(shared_datasets, tmp_path_factory):
+    """The PetImages subset (real corrupt files) through clean: its outputs and reports."""
+    tmp = tmp_path_factory.mktemp("pets")
+    ex = extracted_tree(tmp / "extracted", {"PetImages": shared_datasets / "PetImages-subset"})
+    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
+    return dict(summary=summary, manifest=manifest, rejected=rejected, metrics=metrics,
+                src=shared_datasets / "PetImages-subset", out=tmp / "out" / "clean")
+
+
+@pytest.fixture(scope="session")
+def hymenoptera(shared_datasets, tmp_path_factory):
+    """hymenoptera (ships train/ and val/) through clean: its outputs and reports."""
+    tmp = tmp_path_factory.mktemp("hym")
+    ex = extracted_tree(tmp / "extracted",
+                        {"hymenoptera_data": shared_datasets / "hymenoptera_data"})
+    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
+    return dict(manifest=manifest, rejected=rejected, metrics=metrics, out=tmp / "out" / "clean")
+
+
+# ---- tiny data/clean + data/split and shrunk params for train, evaluate and data tests --------
+
+CLASSES = ("a", "b", "c")
+
+
+def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple[Path, Path]:
+    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json."""
+    clean, split = root / "clean", root / "split"
+    make_image_folder(clean / "images", classes=CLASSES, per_class=per_class, size=size)
+    split.mkdir(parents=True)
+    (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    rows = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(CLASSES):
+        for i in range(per_class):
+            which = "val" if i < val_per_class else "train"
+            rows[which].append((f"images/{cls}/{i}.jpg", label, cls))
+    for name, items in rows.items():
+        with (split / f"{name}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "class"])
+            w.writerows(sorted(items))
+    return clean, split
+
+
+def make_params(params_raw: dict, strategies: dict, **train) -> object:
+    """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
+    raw = dict(params_raw)
+    raw["threads"] = 1
+    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0,
+                    "device": "cpu", **train}
+    raw["strategies"] = strategies
+    return P.validate(raw)
+
+
+def run_train(params, name: str, dataset, out: Path) -> dict:
+    from stages.train import train  # torch and the models: only for the tests that train
+    clean, split = dataset
+    return train(name, params, clean_dir=clean, split_dir=split,
+                             model_path=out / "m.pt", metrics_path=out / "m.json",
+                             plots_path=out / "p.tsv")
+
+
+# ---- small real file systems: full disk and read-only ---------------------------------------
+
+class Mounts:
+    """tmpfs mounts for tests (root only; skipped with the reason elsewhere), unmounted after."""
+
+    def __init__(self):
+        self.paths: list[Path] = []
+
+    def tmpfs(self, path: Path, size: str) -> Path:
+        """A tmpfs of `size` bytes (e.g. "2m") at `path`: writes past it fail with ENOSPC."""
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip("needs permission to mount a size-limited tmpfs (root or "
+                        f"CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}")
+        self.paths.append(path)
+        return path
+
+    def read_only(self, path: Path) -> None:
+        """Remount the tmpfs at `path` read-only (chmod would not stop root)."""
+        run(["mount", "-o", "remount,ro", str(path)], path.parent)
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.paths):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def mounts():
+    m = Mounts()
+    yield m
+    m.unmount_all()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -85,12 +83,3 @@ def server():
     yield httpd.state
     httpd.shutdown()
     httpd.server_close()
-
-
-
-def zip_folder(folder: Path, dest: Path, top: str) -> Path:
-    """Zip `folder` as `top/...` (stored: the JPEGs would not compress anyway)."""
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(folder.rglob("*")):
-            zf.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
-    return dest

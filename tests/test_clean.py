@@ -18,39 +18,14 @@ from PIL import Image, ImageOps
 
 from stages import clean as clean_mod
 from stages.clean import clean, discover, jpeg_complete, judge
-from stages.params import Clean, StageError
-from conftest import ROOT, make_image_folder, run, write_image
+from stages.errors import StageError
+from stages.params import Clean
+from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
 
 PARAMS = Clean(workers=1)
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> Path:
-    """A data/extracted-style folder: sources.json + one entry per source (a link to an existing
-    folder, or an empty folder the test fills)."""
-    root.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for name, target in sources.items():
-        if target is None:
-            (root / name).mkdir()
-        else:
-            (root / name).symlink_to(target, target_is_directory=True)
-        entries.append({"dir": name, "split": (splits or {}).get(name)})
-    (root / "sources.json").write_text(json.dumps(entries))
-    return root
-
-
-def run_clean(ex: Path, out: Path, params: Clean = PARAMS):
-    """Run the worker into `out`; return (summary, manifest by source, rejected by source,
-    metrics dict)."""
-    summary = clean(ex, out / "clean", out / "clean.json", out / "rejected.csv", params)
-    with open(out / "clean" / "manifest.csv", newline="", encoding="utf-8") as f:
-        manifest = {r["source"]: r for r in csv.DictReader(f)}
-    with open(out / "rejected.csv", newline="", encoding="utf-8") as f:
-        rejected = {r["source"]: r for r in csv.DictReader(f)}
-    return summary, manifest, rejected, json.loads((out / "clean.json").read_text())
-
 
 def read_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -79,15 +54,6 @@ def jpeg_bytes(h=64, w=80, seed=0, **kw) -> bytes:
 
 
 # ---- PetImages (real corrupt files) ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pets(shared_datasets, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pets")
-    ex = extracted_tree(tmp / "extracted", {"PetImages": shared_datasets / "PetImages-subset"})
-    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
-    return dict(summary=summary, manifest=manifest, rejected=rejected, metrics=metrics,
-                src=shared_datasets / "PetImages-subset", out=tmp / "out" / "clean")
-
 
 def test_pets_rejects_exactly_the_broken_files(pets):
     reasons = {s: (r["class"], r["reason"]) for s, r in pets["rejected"].items()}
@@ -174,15 +140,6 @@ def test_pets_harmless_jpeg_oddities_are_kept(pets, name):
 
 
 # ---- hymenoptera (ships train/ and val/) ----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def hymenoptera(shared_datasets, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hym")
-    ex = extracted_tree(tmp / "extracted",
-                        {"hymenoptera_data": shared_datasets / "hymenoptera_data"})
-    summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
-    return dict(manifest=manifest, rejected=rejected, metrics=metrics, out=tmp / "out" / "clean")
-
 
 def test_hymenoptera_splits_and_counts(hymenoptera):
     m, manifest = hymenoptera["metrics"], hymenoptera["manifest"]

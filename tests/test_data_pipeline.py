@@ -7,8 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import DVC, make_project_repo, run
-from http_server import zip_folder
+from conftest import DVC, make_project_repo, run, zip_folder
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,8 @@
 project module that module imports in its deps (or a change to shared code would not re-run it),
 stage modules never import each other, and the overlay plots cover every strategy."""
 import ast
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,14 @@ def test_overlay_plots_cover_every_strategy(plot):
     assert listed == set(PARAMS["strategies"]), (
         f"dvc.yaml plot {plot!r} lists {sorted(listed)}; params.yaml has "
         f"{sorted(PARAMS['strategies'])}")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_main_takes_argv_and_a_params_file(name, capsys):
+    module = importlib.import_module(f"stages.{name}")
+    assert list(inspect.signature(module.main).parameters) == ["argv"]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    assert "--params PARAMS" in capsys.readouterr().out
+    assert f"    {name} " in importlib.import_module("stages").__doc__  # listed as a stage

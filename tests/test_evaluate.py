@@ -17,10 +17,10 @@ import yaml
 
 from stages import models, transforms
 from stages.inference import predict_probs
-from stages.evaluate import (compute_metrics, confusion_records, evaluate,
-                             scores, write_json)
-from stages.params import StageError, validate
-from tests.conftest import ROOT, make_image_folder
+from stages.evaluate import (compute_metrics, confusion_records, evaluate, scores)
+from stages.errors import StageError
+from stages.params import validate
+from conftest import ROOT, make_image_folder
 
 CLASSES = ["cat", "dog", "eel"]
 # labels 0 0 1 1 2 2, argmax 0 1 1 1 2 0: 4 of 6 right
@@ -106,13 +106,6 @@ def test_confusion_records_use_class_names_sorted_by_path():
     assert records == [{"actual": "dog", "predicted": "cat", "path": "images/a.jpg"},
                        {"actual": "dog", "predicted": "dog", "path": "images/m.jpg"},
                        {"actual": "eel", "predicted": "eel", "path": "images/z.jpg"}]
-
-
-def test_write_json_is_sorted_indented_and_newline_terminated(tmp_path):
-    path = tmp_path / "sub" / "m.json"
-    write_json(path, {"b": 1, "a": {"d": 0.5, "c": 2}})
-    assert path.read_text() == '{\n  "a": {\n    "c": 2,\n    "d": 0.5\n  },\n  "b": 1\n}\n'
-    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
 
 
 # ---- TTA averaging --------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import yaml
 
 from conftest import ROOT
 from stages.extract import dir_name, extract_all
-from stages.params import Extract, StageError
+from stages.errors import StageError
+from stages.params import Extract
 
 FILES = {"imgs/a/1.jpg": b"\xff\xd8one", "imgs/a/2.jpg": b"\xff\xd8two",
          "imgs/b/3.jpg": b"\xff\xd8three"}
@@ -273,3 +274,33 @@ def test_cli_exit_statuses(tmp_path, params_raw):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert tree(tmp_path / "data/ex/a") == FILES
+
+
+EMPTY = {
+    "empty.zip": zip_bytes([]),
+    "folders.zip": zip_bytes([(zipfile.ZipInfo("imgs/a/"), b""),
+                              ("__MACOSX/imgs/._1.jpg", b"fork"), ("imgs/.DS_Store", b"")]),
+    "empty.tar.gz": tar_bytes([(tar_entry("imgs", tarfile.DIRTYPE), b"")], "w:gz"),
+}
+
+
+@pytest.mark.parametrize("name", EMPTY)
+def test_cli_refuses_an_archive_without_files(tmp_path, params_raw, name):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw, sort_keys=False))
+    make_raw(tmp_path / "data", {"good.zip": zip_bytes(list(FILES.items())), name: EMPTY[name]})
+    proc = subprocess.run([sys.executable, "-m", "stages.extract", "--raw", "data/raw",
+                           "--out", "data/ex"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: {Path('data/raw') / name}: holds no files")
+    assert "`url:`" in line
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]  # nothing written
+
+
+def test_an_empty_folder_source_is_refused(tmp_path):
+    raw = make_raw(tmp_path, {})
+    (raw / "mine" / "cats").mkdir(parents=True)
+    (raw / "sources.json").write_text(json.dumps([{"name": "mine"}]))
+    with pytest.raises(StageError, match="mine: holds no files"):
+        extract_all(raw, tmp_path / "out", Extract())

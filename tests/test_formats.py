@@ -20,7 +20,8 @@ from official_archives import (CIFAR_NAMES, cifar_batch, cifar_members, flowers_
                                flowers_images, mat_bytes, py2_pickle, tar_gz, write_files)
 from stages.extract import extract_all
 from stages.formats import CONVERTERS
-from stages.params import DatasetFormat, Extract, ParamsError, StageError, validate
+from stages.errors import ParamsError, StageError
+from stages.params import DatasetFormat, Extract, validate
 
 NAMES = [n.decode() for n in CIFAR_NAMES]
 # batch file -> the seed official_archives built it from

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stages import models
-from stages.params import StageError
+from stages.errors import StageError
 from stages.transforms import eval_transform
 
 REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",
@@ -32,15 +32,22 @@ def test_registry_has_the_agreed_archs():
     assert set(REQUIRED) <= set(models.ARCHS)
 
 
+# Where each architecture keeps its classifier (torchvision's and timm's module names).
+HEADS = {"resnet18": "fc", "resnet50": "fc", "vgg16": "classifier.6",
+         "densenet169": "classifier", "mobilenet_v3_small": "classifier.3",
+         "efficientnet_b0": "classifier.1", "efficientnet_lite0": "classifier",
+         "cnn1": "head", "cnn2": "head", "cnn3": "head"}
+
+
 @pytest.mark.parametrize("arch", REQUIRED)
 def test_head_is_replaced_generically_for_every_arch(arch):
     torch.manual_seed(0)
     model = models.build(arch, 7, "none").eval()
-    head = model.get_submodule(models.head_name(model))
-    assert isinstance(head, nn.Linear) and head.out_features == 7
-    # it is the last Linear, and the only one with 7 outputs
-    assert [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1] == \
-        models.head_name(model)
+    linears = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # exactly one Linear with the new class count, where the classifier was; the 1000-class
+    # ImageNet head is gone (the forward pass below checks its input size)
+    assert [n for n, out in linears.items() if out == 7] == [HEADS[arch]]
+    assert models.head_name(model) == HEADS[arch] and 1000 not in linears.values()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
     names = models.blocks(model, arch)

@@ -38,6 +38,12 @@ def test_shipped_params_load_and_every_strategy_resolves():
      "strategies.finetune", "cache_features needs `trainable: head`"),
     (lambda p: p["strategies"]["partial"]["phases"][0].update(arch="resnet18"),
      "strategies.partial.phases.0.arch", "unknown key"),
+    (lambda p: p["strategies"]["finetune"].update(momentum=0.0, nesterov=True),
+     "strategies.finetune", "nesterov: true needs momentum > 0"),
+    # the phase sets nesterov and inherits momentum 0 from the entry: caught before any stage
+    (lambda p: (p["strategies"]["partial"].update(momentum=0.0),
+                p["strategies"]["partial"]["phases"][0].update(nesterov=True)),
+     "strategies.partial", "phases.0: nesterov: true needs momentum > 0"),
 ])
 def test_invalid_values_name_the_key(params_raw, edit, key, hint):
     edit(params_raw)
@@ -46,6 +52,42 @@ def test_invalid_values_name_the_key(params_raw, edit, key, hint):
     message = str(exc.value)
     assert f"  {key}:" in message or f"{key}:" in message, message
     assert hint in message, message
+
+
+def test_nesterov_without_momentum_is_fine_for_other_optimizers(params_raw):
+    params_raw["strategies"]["finetune"].update(optimizer="adam", momentum=0.0, nesterov=True)
+    P.validate(params_raw)
+
+
+def _defaults_and_values(model: type[P.Section], shipped: dict, where: str):
+    """(key, code default, params.yaml value) for every key with a default, recursively."""
+    for name, field in model.model_fields.items():
+        if name not in shipped or field.is_required():
+            continue
+        default, value = field.get_default(call_default_factory=True), shipped[name]
+        if isinstance(default, P.Section):
+            yield from _defaults_and_values(type(default), value, f"{where}{name}.")
+        else:
+            yield f"{where}{name}", default, value
+
+
+# the project's own tolerance patterns; without a `check:` section there are none, on purpose
+NO_SHIPPED_DEFAULT = {"check.tolerances", "check.ignore"}
+
+
+def test_code_defaults_equal_the_shipped_params():
+    """A key left out of params.yaml must behave as the shipped file says."""
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    checked = []
+    for section in ("download", "extract", "clean", "split", "train", "evaluate", "report",
+                    "check"):
+        model = type(P.Params.model_fields[section].get_default())
+        for key, default, value in _defaults_and_values(model, shipped[section], f"{section}."):
+            if key in NO_SHIPPED_DEFAULT:
+                continue
+            checked.append(key)
+            assert default == value, f"{key}: code default {default!r}, params.yaml {value!r}"
+    assert {"train.workers", "evaluate.workers", "train.augment.hflip"} <= set(checked)
 
 
 def test_a_dataset_needs_exactly_one_source(params_raw):
@@ -63,10 +105,11 @@ def test_unknown_strategy_lists_the_known_ones():
 def test_stage_exits_2_before_work_on_bad_params(tmp_path, params_raw):
     params_raw["seed"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
-    proc = subprocess.run([sys.executable, "-c", "from stages import params as P\n"
-                           "P.run_main(lambda: P.load())"],
+    proc = subprocess.run([sys.executable, "-m", "stages.split", "--clean", "clean",
+                           "--out", "split", "--metrics", "split.json"],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2
     assert "seed: Input should be greater than or equal to 0 (got -1)" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no work done

@@ -84,9 +84,14 @@ def test_metrics_show_has_a_row_per_strategy(project):
 def test_plots_show_confusion_with_class_names(project):
     shown = json.loads(dvc(project, "plots", "show", "--json").stdout)
     classes = json.loads((project / "data/split/classes.json").read_text())["classes"]
+    test_paths = [line.split(",")[0] for line in
+                  (project / "data/split/test.csv").read_text().splitlines()[1:]]
+    assert len(test_paths) >= len(classes)
     for name in STRATEGIES:
         (plot,) = [v for k, v in shown["data"].items() if k.endswith(f"plots/confusion/{name}.json")]
         values = plot[0]["content"]["data"]["values"]
+        # one record per test image, each with class names
+        assert sorted(v["path"] for v in values) == sorted(test_paths)
         assert {v["actual"] for v in values} <= set(classes)
         assert {v["predicted"] for v in values} <= set(classes)
     assert "val_acc" in shown["data"] and "val_loss" in shown["data"]

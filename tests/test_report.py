@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from stages.params import StageError, validate
+from stages.errors import StageError
+from stages.params import validate
 from stages.report import best_run, confusion_matrix, gallery_records, load_runs, report
-from tests.conftest import make_image_folder
+from conftest import make_image_folder
 
 CLASSES = ["a", "b", "c"]
 # Deliberately not alphabetical: the table must follow params.yaml's order.

@@ -7,7 +7,7 @@ import torch
 
 from stages import runtime
 from stages.inference import predict_probs
-from stages.params import StageError
+from stages.errors import StageError
 
 
 def test_cpu_defaults_are_fp32_channels_last_deterministic():

@@ -8,7 +8,16 @@ import torch
 
 from stages import evaluate as evaluate_stage
 from stages.report import Run, strategy_row
-from test_train import make_clean_split, make_params, run_train
+from stages.seeds import mean_std
+from conftest import make_clean_split, make_params, run_train
+
+def test_mean_std_means_every_number_and_nests_the_spread_like_the_value():
+    runs = [{"accuracy": 0.5, "epochs": 2, "tta": {"accuracy": 0.6, "f1": 0.1}},
+            {"accuracy": 0.7, "epochs": 4, "tta": {"accuracy": 0.9, "f1": 0.3}}]
+    out = mean_std(runs, ["accuracy", "tta.accuracy"])
+    assert out == {"accuracy": 0.6, "epochs": 3.0, "tta": {"accuracy": 0.75, "f1": 0.2},
+                   "std": {"accuracy": 0.1, "tta": {"accuracy": 0.15}}, "seeds": 2}
+
 
 CNN = {"arch": "cnn1", "weights": "none", "trainable": "all", "optimizer": "adam",
        "lr": 0.01, "epochs": 2}
@@ -36,7 +45,9 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
     first = next(iter(states[0]))
     assert not torch.equal(states[0][first], states[1][first]), "seeds must differ"
     written = json.loads((out / "m.json").read_text())
-    assert written["seeds"] == 3 and written["best_val_acc_std"] >= 0
+    assert written["seeds"] == 3 and set(written["std"]) == {"best_val_acc", "best_val_loss",
+                                                             "best_epoch"}
+    assert "best_val_acc_std" not in written  # one shape: the spread lives under `std` only
     assert metrics["best_val_acc"] == written["best_val_acc"]
 
     scores = score(out / "m.pt", out, params, clean, split, "all")
@@ -49,10 +60,12 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
     assert scores["seeds"] == 3
     assert scores["accuracy"] == pytest.approx(np.mean(accs), abs=1e-6)
     assert scores["std"]["accuracy"] == pytest.approx(np.std(accs), abs=1e-6)
-    assert scores["tta"]["accuracy"] == pytest.approx(
-        np.mean([s["tta"]["accuracy"] for s in singles]), abs=1e-6)
+    tta = [s["tta"]["accuracy"] for s in singles]
+    assert scores["tta"]["accuracy"] == pytest.approx(np.mean(tta), abs=1e-6)
+    assert scores["std"]["tta"]["accuracy"] == pytest.approx(np.std(tta), abs=1e-6)
 
     row = strategy_row(Run(name="cnn", arch="cnn1", weights="none", train=written, curves=[],
                            eval=scores, confusion=[]))
-    assert row[5] == f"{written['best_val_acc']:.4f} ± {written['best_val_acc_std']:.4f}"
+    assert row[5] == f"{written['best_val_acc']:.4f} ± {written['std']['best_val_acc']:.4f}"
     assert row[6] == f"{scores['accuracy']:.4f} ± {scores['std']['accuracy']:.4f}"
+    assert row[7] == f"{scores['tta']['accuracy']:.4f} ± {scores['std']['tta']['accuracy']:.4f}"

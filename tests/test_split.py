@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import Split, StageError
+from stages.errors import StageError
+from stages.params import Split
 from stages.split import natural_key, split_dataset
-from tests.conftest import ROOT, run
+from conftest import ROOT, run
 
 MANIFEST_COLUMNS = ["path", "class", "split", "source", "width", "height", "sha256"]
 SPLITS = ("train", "val", "test")

@@ -11,54 +11,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_image_folder
+from conftest import CLASSES, make_clean_split, make_params, run_train
 from stages import data, models
 from stages import train as train_stage
-from stages.params import ParamsError, StageError, run_main, validate
+from stages.errors import ParamsError, StageError, run_main
 from stages.transforms import eval_transform
 
-CLASSES = ("a", "b", "c")
-
-
-def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple[Path, Path]:
-    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json."""
-    clean, split = root / "clean", root / "split"
-    make_image_folder(clean / "images", classes=CLASSES, per_class=per_class, size=size)
-    split.mkdir(parents=True)
-    (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
-    rows = {"train": [], "val": [], "test": []}
-    for label, cls in enumerate(CLASSES):
-        for i in range(per_class):
-            which = "val" if i < val_per_class else "train"
-            rows[which].append((f"images/{cls}/{i}.jpg", label, cls))
-    for name, items in rows.items():
-        with (split / f"{name}.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "class"])
-            w.writerows(sorted(items))
-    return clean, split
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
     return make_clean_split(tmp_path_factory.mktemp("data"))
-
-
-def make_params(params_raw: dict, strategies: dict, **train) -> object:
-    """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
-    raw = dict(params_raw)
-    raw["threads"] = 1
-    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0,
-                    "device": "cpu", **train}
-    raw["strategies"] = strategies
-    return validate(raw)
-
-
-def run_train(params, name: str, dataset, out: Path) -> dict:
-    clean, split = dataset
-    return train_stage.train(name, params, clean_dir=clean, split_dir=split,
-                             model_path=out / "m.pt", metrics_path=out / "m.json",
-                             plots_path=out / "p.tsv")
 
 
 def read_tsv(path: Path) -> list[dict]:
@@ -233,42 +196,6 @@ def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
         run_main(train_stage.main)
     assert exc.value.code == 2
     assert "no strategy 'nosuch'" in capsys.readouterr().err
-
-
-# ---- stages/data.py -------------------------------------------------------------------------
-
-def _epochs(loader, n=2) -> list[torch.Tensor]:
-    return [torch.cat([x for x, _ in loader]) for _ in range(n)]
-
-
-def test_loader_order_and_augmentation_depend_on_the_seed_only(dataset):
-    from stages.params import Augment
-    clean, split = dataset
-    tf = train_stage.train_transform(image_size=24, augment=Augment(), mean=[0.5] * 3,
-                                     std=[0.5] * 3)
-    rows = data.read_rows(split, "train")
-
-    def batches(workers, seed=0, cache_bytes=data.CACHE_FILE_BYTES):
-        ds = data.ImageDataset(clean, rows, tf, cache_bytes=cache_bytes)
-        return _epochs(data.make_loader(ds, batch_size=4, shuffle=True, workers=workers,
-                                        seed=seed, device="cpu"))
-
-    ref = batches(0)
-    assert not torch.equal(ref[0], ref[1])  # a new order and new augmentation each epoch
-    for other in (batches(2), batches(0, cache_bytes=0)):  # workers / no in-memory cache
-        assert all(torch.equal(a, b) for a, b in zip(ref, other))
-    assert not torch.equal(batches(0, seed=1)[0], ref[0])
-
-
-def test_split_files_errors_name_the_file(tmp_path):
-    with pytest.raises(StageError, match="classes.json: not found; run the split stage"):
-        data.read_classes(tmp_path)
-    (tmp_path / "train.csv").write_text("path,label,class\nimages/a/0.jpg,x,a\n")
-    with pytest.raises(StageError, match="train.csv: a label is not an integer"):
-        data.read_rows(tmp_path, "train")
-    (tmp_path / "val.csv").write_text("path,label,class\nimages/a/0.jpg,0,a\n")
-    with pytest.raises(StageError, match="images/a/0.jpg: listed in the split but missing"):
-        data.ImageDataset(tmp_path / "clean", data.read_rows(tmp_path, "val"), None)
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 """stages/transforms.py: decoding, the train/eval/TTA pipelines and their inverse."""
 from __future__ import annotations
 
+import warnings
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -32,6 +35,23 @@ def test_read_image_is_rgb_uint8_chw(tmp_path):
     assert read_image(gray).shape == (3, 10, 12)
 
 
+@pytest.mark.parametrize("dataset", ["hymenoptera", "pets"])
+def test_read_image_gives_the_old_decoders_pixels_on_cleaned_real_images(dataset, request):
+    """read_image replaced torchvision.io.decode_image (deprecated): same pixels on every JPEG
+    clean writes from the shared real datasets."""
+    tvio = pytest.importorskip("torchvision.io")
+    images = sorted(request.getfixturevalue(dataset)["out"].rglob("*.jpg"))[::4]  # ~270 in all
+    assert len(images) > 50
+    different = []
+    for path in images:
+        with warnings.catch_warnings():  # the reference itself is the deprecated API
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = tvio.decode_image(str(path), mode=tvio.ImageReadMode.RGB)
+        if not torch.equal(read_image(path), old):
+            different.append(path.name)
+    assert different == []
+
+
 def test_resize_size_keeps_the_224_to_256_ratio():
     assert resize_size(224) == 256
     assert resize_size(96) == 110
@@ -54,13 +74,27 @@ def test_denormalize_inverts_normalisation():
     assert torch.allclose(denormalize(out[None], MEAN, STD)[0], back)  # batched too
 
 
-def test_train_transform_without_augmentation_is_a_plain_centre_square():
-    img = _gradient()
+@pytest.mark.parametrize("h, w, rows, cols", [(40, 60, slice(0, 40), slice(10, 50)),
+                                               (60, 40, slice(10, 50), slice(0, 40))])
+def test_train_transform_without_augmentation_is_a_plain_centre_square(h, w, rows, cols):
+    # shorter side already 40: no resampling, so the output is exactly the middle square
+    img = _gradient(h, w)
+    tf = train_transform(image_size=40, augment=NO_AUG, mean=[0] * 3, std=[1] * 3)
+    expected = img[:, rows, cols].float() / 255
+    out = tf(img)
+    # within float rounding of /255; a crop one pixel off differs by >= 1/255 somewhere
+    assert out.shape == expected.shape and torch.allclose(out, expected, rtol=0, atol=1e-6)
+    assert torch.equal(tf(img), out)  # no randomness left
+
+
+def test_train_transform_without_augmentation_scales_the_shorter_side():
+    img = _gradient(60, 90)  # 1.5x the 40 px output in both directions
     out = train_transform(image_size=40, augment=NO_AUG, mean=[0] * 3, std=[1] * 3)(img)
-    # the shorter side (60) becomes 40 and the centre square is kept: the whole height
-    assert out.shape == (3, 40, 40)
-    assert torch.equal(out, train_transform(image_size=40, augment=NO_AUG, mean=[0] * 3,
-                                            std=[1] * 3)(img))
+    square = img[:, :, 15:75].permute(1, 2, 0).numpy()  # the middle 60x60 of the original
+    expected = cv2.resize(square, (40, 40), interpolation=cv2.INTER_AREA)
+    got = (out * 255).round().permute(1, 2, 0).numpy()
+    inner = (slice(2, -2), slice(2, -2))  # edges: the resize of the whole image sees past them
+    assert np.abs(got[inner] - expected[inner]).max() <= 2
 
 
 def test_train_transform_augments_reproducibly_from_the_seed():

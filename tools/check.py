@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from stages import params as P
+from stages.errors import ParamsError, StageError
 
 OK, DRIFT, MISSING = "ok", "DRIFT", "MISSING"
 
@@ -115,7 +116,7 @@ def sh(cmd: list[str], cwd: Path, env: dict, log=None) -> subprocess.CompletedPr
         log.write(proc.stdout)
     if proc.returncode != 0:
         tail = proc.stdout[-3000:] if log else proc.stderr[-3000:]
-        raise P.StageError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}):\n{tail}")
+        raise StageError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}):\n{tail}")
     return proc
 
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(log_dir / "check.log", "w") as log:
             rows = check(repo, args.rev, workdir / "repo", log)
-    except (P.StageError, P.ParamsError) as exc:
+    except (StageError, ParamsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
