@@ -48,10 +48,15 @@ class Archive(Section):
     split: Optional[SplitName] = None
 
 
+ImageSize = Annotated[int, Field(ge=16, le=1024)]  # px, square side fed to the network
+DEFAULT_IMAGE_SIZE = 224  # what ImageNet backbones were trained at
+
+
 class Dataset(Section):
     generate: Optional[Generate] = None
     archives: Optional[list[Archive]] = Field(None, min_length=1)
     format: DatasetFormat = "folders"
+    image_size: Optional[ImageSize] = None  # its own size, used when train.image_size is auto
 
     @model_validator(mode="after")
     def _one_source(self) -> "Dataset":
@@ -122,7 +127,7 @@ class Augment(Section):
 
 
 class Train(Section):
-    image_size: int = Field(96, ge=16, le=1024)
+    image_size: Union[Literal["auto"], ImageSize] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     workers: int = Field(0, ge=0, le=64)
     device: str = Field("auto", pattern=DEVICE_PATTERN)
@@ -277,6 +282,14 @@ class Params(Section):
     @property
     def active_dataset(self) -> Dataset:
         return self.datasets[self.dataset]
+
+    @property
+    def image_size(self) -> int:
+        """px fed to the network: train.image_size, or with `auto` the dataset's own size
+        (DEFAULT_IMAGE_SIZE when its entry names none)."""
+        if self.train.image_size != "auto":
+            return self.train.image_size
+        return self.active_dataset.image_size or DEFAULT_IMAGE_SIZE
 
     def strategy(self, name: str) -> Strategy:
         if name not in self.strategies:

@@ -283,7 +283,7 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
     if not rows:
         raise StageError("data/split/train.csv has no rows; nothing to show as augmentation")
     train = params.train
-    tf = transforms.train_transform(image_size=train.image_size, augment=train.augment,
+    tf = transforms.train_transform(image_size=params.image_size, augment=train.augment,
                                     mean=MEAN, std=STD)
     cols = min(n, VIEWS_PER_IMAGE)
     rng = np.random.default_rng(params.seed)
@@ -295,7 +295,7 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
         shown = transforms.denormalize(tf(_image(clean_dir, row["path"])), MEAN, STD)
         ax.imshow(np.clip(_hwc(shown).astype(np.float32), 0, 1))  # (S, S, 3) in [0, 1]
         ax.set_title(row["class"], fontsize="small")
-    fig.suptitle(f"training augmentation at {train.image_size} px (seed {params.seed})")
+    fig.suptitle(f"training augmentation at {params.image_size} px (seed {params.seed})")
     _save(fig, path)
 
 

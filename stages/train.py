@@ -68,10 +68,10 @@ def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.Image
     """train/val datasets, images decoded once and shared by every seed's run."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
-    ev = eval_transform(image_size=tp.image_size, mean=mean, std=std)
+    ev = eval_transform(image_size=params.image_size, mean=mean, std=std)
     # cached features are computed once, without augmentation
     tr = ev if strategy.cache_features else train_transform(
-        image_size=tp.image_size, augment=tp.augment, mean=mean, std=std)
+        image_size=params.image_size, augment=tp.augment, mean=mean, std=std)
     return {"train": data.ImageDataset(clean_dir, rows["train"], tr),
             "val": data.ImageDataset(clean_dir, rows["val"], ev)}
 
@@ -119,7 +119,8 @@ def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit,
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
     meta = json.loads(json.dumps({"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
-            "transform": {"image_size": tp.image_size, "resize_size": resize_size(tp.image_size),
+            "transform": {"image_size": params.image_size,
+                          "resize_size": resize_size(params.image_size),
                           "mean": mean, "std": std},
             "strategy": {"name": strategy_name, "arch": strategy.arch,
                          "weights": strategy.weights, "cache_features": strategy.cache_features,

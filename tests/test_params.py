@@ -113,3 +113,24 @@ def test_stage_exits_2_before_work_on_bad_params(tmp_path, params_raw):
     assert "seed: Input should be greater than or equal to 0 (got -1)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no work done
+
+
+@pytest.mark.parametrize("dataset, setting, expected", [
+    ("demo", "auto", 96),          # each preset's own size
+    ("cifar10", "auto", 32),
+    ("hymenoptera", "auto", 224),
+    ("cifar10", 64, 64),           # a number overrides the preset
+])
+def test_image_size_auto_follows_the_dataset(params_raw, dataset, setting, expected):
+    params_raw.update(dataset=dataset)
+    params_raw["train"]["image_size"] = setting
+    assert P.validate(params_raw).image_size == expected
+
+
+def test_image_size_of_a_dataset_without_one_is_224_and_bad_sizes_are_refused(params_raw):
+    params_raw["datasets"]["mine"] = {"archives": [{"url": "/data/mine"}]}
+    params_raw["dataset"] = "mine"
+    assert P.validate(params_raw).image_size == 224
+    params_raw["train"]["image_size"] = 8
+    with pytest.raises(P.ParamsError, match="train.image_size"):
+        P.validate(params_raw)
