@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages import distributed, models
+from stages import distributed, files, models
 from stages.params import Phase
 from stages.runtime import Runtime
 
@@ -210,16 +209,17 @@ class Resume:
         return state
 
     def save(self, state: dict) -> None:
-        """Atomically: a kill at any moment leaves the previous epoch's state or this one."""
+        """Atomically: a kill at any moment leaves the previous epoch's state or this one
+        (and at worst a `.<name>.tmp-<pid>` that the next save removes, as stages/files.py
+        names and clears temporaries)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                   suffix=".tmp")
-        os.close(fd)
+        files.remove_stale(self.path)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
             torch.save({**state, "fingerprint": self.fingerprint}, tmp)
             os.replace(tmp, self.path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def clear(self) -> None:
