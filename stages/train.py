@@ -305,6 +305,9 @@ def _meta(strategy_name: str, strategy, params: Params, classes, fit: _Fit) -> d
     return {"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
             "transform": {"image_size": tp.image_size, "resize_size": resize_size(tp.image_size),
                           "mean": mean, "std": std},
+            # what predict needs to prepare a photo as clean did (workers: speed only)
+            "clean": params.clean.model_dump(exclude={"workers"}),
+            "head": models.head_spec(strategy.head),
             "strategy": {"name": strategy_name, "arch": strategy.arch,
                          "weights": strategy.weights, "cache_features": strategy.cache_features,
                          "phases": [p.model_dump() for p in strategy.resolved_phases()],
@@ -363,7 +366,7 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, datase
                 rt: Runtime):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     with torch_state(rt, seed=params.seed, threads=params.threads):
-        model = models.build(strategy.arch, len(classes), strategy.weights)
+        model = models.build(strategy.arch, len(classes), strategy.weights, strategy.head)
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
