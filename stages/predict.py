@@ -243,11 +243,12 @@ def _model(args: argparse.Namespace, threads: int | None) -> bundles.Bundle:
     if not args.imagenet:
         path = args.model or bundles.best_checkpoint(args.best, args.models)
         return bundles.load(path, threads)
-    trained = None
-    if args.model or args.arch is None:
-        path = args.model or bundles.best_checkpoint(args.best, args.models)
-        if args.model or path.is_file():
-            trained = bundles.load(path, threads)
+    trained = None  # whose arch and clean settings to use, when there is one
+    if args.model:
+        trained = bundles.load(args.model, threads)
+    elif args.arch is None and args.best.is_file():
+        path = bundles.best_checkpoint(args.best, args.models)
+        trained = bundles.load(path, threads) if path.is_file() else None
     arch = args.arch or (trained.meta.get("arch") if trained else None) or "efficientnet_lite0"
     return bundles.imagenet(arch, trained.clean if trained else None)
 
