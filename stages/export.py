@@ -18,7 +18,11 @@ must give the checkpoint's probabilities within `export.tolerance`.
 ONNX comes from torch's TorchScript-based exporter (`dynamo=False`): it needs no onnxscript,
 runs offline and writes the same bytes for the same checkpoint (the dynamo exporter's graph
 names are not guaranteed stable). TorchScript is `torch.jit.trace`: the input size is fixed
-anyway, and tracing records timm's TF "same" padding of EfficientNet-Lite0 for that size.
+anyway, and tracing records timm's TF "same" padding of EfficientNet-Lite0 for that size
+(scripting would compile the padding arithmetic; trace is simpler and exact at one size).
+Both are byte-identical run after run, one export per process as the stage does it: within one
+process TorchScript numbers the classes it has already compiled, so a second export there
+differs in those names (and its serialization id), not in the numbers.
 """
 from __future__ import annotations
 
