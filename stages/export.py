@@ -133,5 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"(max probability difference: {worst})")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point (transferline-export)."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -205,7 +205,9 @@ def gather(out: Path, params: Params) -> int:
 # ---- command line ---------------------------------------------------------------------------
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__,
+    prog = Path(sys.argv[0]).name  # transferline-predict when run as the console command
+    ap = argparse.ArgumentParser(prog=prog if not prog.endswith(".py") else
+                                 "python -m stages.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", type=Path, help="image files and folders")
     ap.add_argument("--model", type=Path, help="checkpoint or exported model (default: the "
