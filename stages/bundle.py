@@ -102,9 +102,9 @@ def sidecar(ckpt: dict, fmt: str, strategy: str) -> dict:
         "image_size": size, "resize_size": resize, "clean": dict(clean),
         "preprocessing": [
             "decode the file; apply its EXIF orientation; RGB (transparency composited on white)",
-            f"if the shorter side exceeds {clean['max_short_side']} px, downscale to it "
-            f"(OpenCV INTER_AREA), then encode as JPEG at quality {clean['jpeg_quality']} and "
-            "decode again (as the clean stage stored every training image)",
+            f"downscale so the shorter side is at most {clean['max_short_side']} px (OpenCV "
+            f"INTER_AREA); encode as JPEG at quality {clean['jpeg_quality']} and decode again "
+            "(as the clean stage stored every training image)",
             f"resize so the shorter side is {resize} px (bilinear, antialiased)",
             f"centre-crop {size}x{size} px",
             "scale to [0, 1], then (x - mean) / std per channel",

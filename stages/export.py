@@ -105,8 +105,9 @@ def export(*, model_path: Path, strategy: str, out: Path, settings: Export) -> d
                  TORCHSCRIPT_FILE: ("torchscript", torchscript_bytes(model, size))}
         for name, (fmt, blob) in blobs.items():
             (tmp / name).write_bytes(blob)
-            files.write_json(bundles.sidecar_path(tmp / name),
-                             bundles.sidecar(ckpt, fmt, strategy))
+            side = bundles.sidecar_path(tmp / name)
+            files.write_json(side, bundles.sidecar(ckpt, fmt, strategy))
+            side.chmod(0o644)  # shipped beside the model: readable like it
         diffs = _check(tmp, model, size, settings.tolerance)
         files.replace_dir(tmp, out)
     finally:
