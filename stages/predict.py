@@ -71,14 +71,16 @@ def _files_in(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def collect(paths: Sequence[str | Path], relative_to: Path | None = None) -> list[tuple[str, Path]]:
-    """(name shown, file) for every file given or found under a folder given, in order."""
+def collect(paths: Sequence[str | Path],
+            relative_to: Path | None = None) -> list[tuple[str, Path]]:
+    """(name shown, file) for every file given or found under a folder given, in order; names
+    of files under `relative_to` are relative to it."""
     out = []
     for given in map(Path, paths):
         found = list(_files_in(given)) if given.is_dir() else [given]
         for path in found:
-            name = path.relative_to(relative_to) if relative_to else path
-            out.append((name.as_posix(), path))
+            inside = relative_to is not None and path.is_relative_to(relative_to)
+            out.append(((path.relative_to(relative_to) if inside else path).as_posix(), path))
     return out
 
 
