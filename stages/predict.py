@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import shutil
 import sys
 from dataclasses import dataclass, field

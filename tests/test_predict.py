@@ -4,7 +4,6 @@ packaged backbone, and the stage's input folder and CSV."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import subprocess
 import sys
@@ -73,7 +72,8 @@ def test_a_photo_is_prepared_exactly_as_clean_stored_it(cleaned):
         stored = read_image(root / "clean" / row["path"])  # what train/evaluate decode
         assert torch.equal(got.image, stored), row["source"]
     rotated = next(r for r in manifest if r["source"].endswith("rotated.jpg"))
-    assert (int(rotated["width"]), int(rotated["height"])) == (32, 50)  # upright (90 x 140 stored as 140 x 90), downscaled
+    # upright (stored 140 wide, 90 high, EXIF says turn it), then downscaled to 32 px wide
+    assert (int(rotated["width"]), int(rotated["height"])) == (32, 50)
 
 
 def test_predict_gives_evaluate_probabilities_for_the_original_files(cleaned):

@@ -38,7 +38,8 @@ def test_best_is_chosen_on_validation_not_test(tmp_path, by, expected):
     assert written == result
     assert written["by"] == by
     assert written["test"] == {"accuracy": TEST[expected], "balanced_accuracy": TEST[expected],
-                               "macro_f1": 0.5, "tta_accuracy": pytest.approx(TEST[expected] - 0.01)}
+                               "macro_f1": 0.5,
+                               "tta_accuracy": pytest.approx(TEST[expected] - 0.01)}
     assert written["val_acc"] == TRAIN[expected][0]
     assert set(written["candidates"]) == set(TRAIN)
 
