@@ -36,8 +36,7 @@ class Bundle:
     clean: Clean                                   # how a photo is prepared (images.py)
     kind: str                                      # checkpoint | onnx | torchscript | imagenet
     source: str                                    # file it came from, or the arch
-    torch_module: bool = True                      # False: runs outside torch (ONNX Runtime)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # checkpoint dict or sidecar
 
     def transform(self, tta: bool = False):
         """uint8 (3, H, W) -> (3, S, S), or (5, 3, S, S) five crops with tta."""
@@ -71,7 +70,7 @@ def _clean_of(meta: dict, source: Path) -> Clean:
     return Clean(**meta["clean"])
 
 
-def from_checkpoint(path: Path, state: str = "state_dict") -> Bundle:
+def from_checkpoint(path: Path) -> Bundle:
     model, ckpt = models.load_checkpoint(path)
     tf = ckpt["transform"]
     return Bundle(model=model, classes=list(ckpt["classes"]), image_size=int(tf["image_size"]),
@@ -148,8 +147,7 @@ def from_exported(path: Path, threads: int | None = None) -> Bundle:
     return Bundle(model=_load_exported(path, meta, threads), classes=list(meta["classes"]),
                   image_size=int(meta["image_size"]), mean=list(meta["normalisation"]["mean"]),
                   std=list(meta["normalisation"]["std"]), clean=Clean(**meta["clean"]),
-                  kind=meta["format"], source=str(path), torch_module=meta["format"] != "onnx",
-                  meta=meta)
+                  kind=meta["format"], source=str(path), meta=meta)
 
 
 def load(path: str | Path, threads: int | None = None) -> Bundle:
