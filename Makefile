@@ -1,11 +1,12 @@
 # Two commands for a fresh clone:  make repro  (run the pipeline)  and  make test.
-# Both create .venv from the pinned requirements.txt the first time.
+# Both create .venv from the pinned requirements.txt the first time and install the project
+# into it (pip install -e .), which puts transferline-predict/-export/-check/-compare on its PATH.
 # make check [REV=...]: re-run REV (default HEAD) in a clean clone, compare with its commit.
 REV    ?= HEAD
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 # `dvc plots show/diff` page template with Vega inlined (.dvc/config points at it); git-ignored
 TEMPLATE := .dvc/plots.html
 
@@ -15,10 +16,13 @@ export DVC_NO_ANALYTICS := 1
 
 install: $(STAMP) $(TEMPLATE)
 
-$(STAMP): requirements.txt
+# Last step: the project itself, editable, so transferline-predict etc. are on the venv's PATH
+# (--no-build-isolation: the venv's own setuptools builds it, nothing is downloaded).
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 $(TEMPLATE): $(STAMP) tools/plots_template.py

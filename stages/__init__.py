@@ -1,4 +1,4 @@
-"""The pipeline's code: eight stage entry points and the shared modules they import.
+"""The pipeline's code: eleven stage entry points and the shared modules they import.
 
 Stages (one per `dvc.yaml` stage; run as `python -m stages.<name>`; never import each other):
 
@@ -9,6 +9,9 @@ Stages (one per `dvc.yaml` stage; run as `python -m stages.<name>`; never import
     split      data/split        seeded, stratified train/val/test lists
     train      models/<S>.pt     train one strategy
     evaluate   metrics/eval/<S>  score it on the test split (single crop and TTA)
+    select     metrics/best.json the best strategy, chosen on validation
+    predict    reports/predictions.csv  the best model on unlabelled images (also a CLI)
+    export     export/           the best model as ONNX and TorchScript, with sidecars
     report     reports/          one comparison of every strategy
 
 Every stage module has a worker function (explicit paths and settings in, what it measured out)
@@ -29,5 +32,8 @@ Shared modules (imported by stages, never import a stage; each is in its users' 
     runtime     device, precision, channels_last, threads, determinism (train, evaluate, predict)
     inference   class probabilities over batches, single views or TTA (evaluate, predict)
     loop        the training engine: phases, epochs, early stopping, resumable state
+    images      one image file's bytes to what the network sees (clean and predict)
+    figures     deterministic PNG figures (report and predict)
+    bundle      a checkpoint, an exported model or an ImageNet backbone, ready to predict
     distributed several training processes (DDP under torchrun's launcher)
 """

@@ -48,15 +48,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -64,24 +63,16 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 import cv2
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from stages.errors import StageError, run_main
 from stages.params import Clean, add_option, load
 from stages.files import SOURCES, staged_dir, write_text
+from stages.images import REASONS, Outcome, jpeg_complete, judge_bytes  # noqa: F401 (re-exported)
 
-REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
-           "duplicate")
-# Pillow format names of the raster formats photos arrive in (MPO: camera JPEG with extra frames)
-ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF")
-# header prefix -> format, to tell a damaged image (undecodable/truncated) from a non-image
-MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
-         (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "test-set": "test", "testing": "test"}
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "width", "height", "sha256")
 REJECTED_COLUMNS = ("source", "class", "reason", "detail")
 
@@ -92,17 +83,6 @@ class Candidate:
     source: str      # posix path relative to data/extracted (sort key, reported)
     cls: str
     split: str       # "train" | "val" | "test" | "" (none shipped)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one file became: a normalised JPEG (`jpeg` set) or a rejection reason."""
-    sha256: str
-    reason: Optional[str] = None
-    detail: str = ""
-    jpeg: Optional[bytes] = None
-    width: int = 0
-    height: int = 0
 
 
 @dataclass
@@ -183,152 +163,13 @@ def discover(extracted: Path) -> tuple[list[Candidate], list[str]]:
 
 # ---- judging one file -----------------------------------------------------------------------
 
-def jpeg_complete(data: bytes) -> bool:
-    """False when the data ends before a JPEG's EOI marker (data after EOI is ignored).
-
-    Walks the marker segments; inside entropy-coded data a 0xFF is always followed by 0x00
-    (stuffing) or a restart marker, so the next other marker ends the scan. Like libjpeg, junk
-    where a marker should be is skipped up to the next 0xFF (a damaged file is left to the
-    decoder to judge: only running out of data counts as truncation)."""
-    i, n = 2, len(data)
-    while i + 1 < n:
-        if data[i] != 0xFF:
-            i = data.find(b"\xff", i)
-            if i < 0:
-                return False
-            continue
-        marker = data[i + 1]
-        if marker == 0xD9:
-            return True
-        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:
-            i += 1 if marker == 0xFF else 2  # fill byte / marker without a length
-            continue
-        if i + 3 >= n:
-            return False
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker != 0xDA:  # not start-of-scan: the segment length covered it
-            continue
-        while True:  # entropy-coded data: find the next real marker
-            i = data.find(b"\xff", i)
-            if i < 0 or i + 1 >= n:
-                return False
-            if data[i + 1] in (0x00, 0xFF) or 0xD0 <= data[i + 1] <= 0xD7:
-                i += 1
-                continue
-            break
-    return False
-
-
-def _clean_message(exc: BaseException) -> str:
-    # Pillow messages can carry object addresses ("<_io.BytesIO object at 0x7f..>")
-    return re.sub(r"<[^>]* at 0x[0-9a-f]+>", "data", f"{type(exc).__name__}: {exc}").strip()
-
-
-def _identify(data: bytes, max_pixels: int) -> tuple[Optional[Image.Image], Optional[tuple]]:
-    """(lazily opened Pillow image, None) or (None, (reason, detail)); reads the header only."""
-    magic = next((fmt for prefix, fmt in MAGIC if data.startswith(prefix)), None)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        magic = "WEBP"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        return None, ("too_many_pixels", _clean_message(exc))
-    except Exception as exc:  # Pillow raises many types for a bad header
-        if magic is None:
-            return None, ("not_image", f"no image header (starts with {data[:8].hex()})")
-        if magic == "JPEG" and not jpeg_complete(data):
-            return None, ("truncated", "JPEG data ends before the end-of-image marker")
-        return None, ("undecodable", f"{magic} header unreadable: {_clean_message(exc)}")
-    if im.format not in ACCEPTED_FORMATS:
-        return None, ("not_image", f"{im.format} file ({im.format_description}): not an "
-                                   f"accepted image format ({', '.join(ACCEPTED_FORMATS)})")
-    w, h = im.size
-    if w * h > max_pixels:
-        return None, ("too_many_pixels", f"{w}x{h} = {w * h} pixels > clean.max_pixels "
-                                         f"{max_pixels}")
-    return im, None
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    return im.mode in ALPHA_MODES or "transparency" in im.info
-
-
-def _pillow_decode(im: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 BGR, upright, transparency composited on white."""
-    im.load()
-    im = ImageOps.exif_transpose(im)
-    if _has_alpha(im):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return cv2.cvtColor(np.asarray(im.convert("RGB")), cv2.COLOR_RGB2BGR)
-
-
-def _reduce_flag(im: Image.Image, max_short_side: int) -> int:
-    """IMREAD flag letting libjpeg decode a big JPEG at 1/8, 1/4 or 1/2 scale (DCT scaling)."""
-    if im.format not in ("JPEG", "MPO"):
-        return cv2.IMREAD_COLOR
-    short = min(im.size)
-    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if short // factor >= max_short_side:
-            return flag
-    return cv2.IMREAD_COLOR
-
-
-def _decode(data: bytes, im: Image.Image, params: Clean) -> tuple[Optional[np.ndarray], tuple]:
-    """(BGR image, ()) or (None, (reason, detail)). OpenCV first; Pillow for what it can't do."""
-    is_jpeg = im.format in ("JPEG", "MPO")
-    if is_jpeg and not jpeg_complete(data):
-        return None, ("truncated", "JPEG data ends before the end-of-image marker")
-    if not _has_alpha(im):
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _reduce_flag(im, params.max_short_side))
-        if bgr is not None:
-            return bgr, ()
-    try:
-        return _pillow_decode(im), ()
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
-        if "truncated" in str(exc):
-            return None, ("truncated", _clean_message(exc))
-        return None, ("undecodable",
-                      f"OpenCV and Pillow cannot decode it ({_clean_message(exc)})")
-
-
-def _normalise(bgr: np.ndarray, params: Clean) -> tuple[bytes, int, int]:
-    """Downscale so the shorter side <= max_short_side; JPEG bytes, width, height."""
-    h, w = bgr.shape[:2]
-    short, target = min(h, w), params.max_short_side
-    if short > target:  # integer round-half-up: the shorter side is exactly `target`
-        w, h = ((side * target * 2 + short) // (2 * short) for side in (w, h))
-        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, params.jpeg_quality])
-    assert ok, "OpenCV failed to encode a decoded image as JPEG"
-    return buf.tobytes(), w, h
-
-
 def judge(path: Path, params: Clean) -> Outcome:
     """Read one file and either normalise it or say why it is rejected. Writes nothing."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise StageError(f"{path}: cannot read it ({exc.strerror}); fix its permissions") from None
-    sha = hashlib.sha256(data).hexdigest()
-    if not data:
-        return Outcome(sha, "empty", "0 bytes")
-    im, rejection = _identify(data, params.max_pixels)
-    if rejection:
-        return Outcome(sha, *rejection)
-    with im:
-        bgr, rejection = _decode(data, im, params)
-        size = im.size  # header size: min side does not depend on orientation or DCT scaling
-    if rejection:
-        return Outcome(sha, *rejection)
-    if min(size) < params.min_side:
-        return Outcome(sha, "too_small", f"{size[0]}x{size[1]} has a side < clean.min_side "
-                                         f"{params.min_side}")
-    jpeg, w, h = _normalise(bgr, params)
-    return Outcome(sha, jpeg=jpeg, width=w, height=h)
+    return judge_bytes(data, params)
 
 
 # ---- running over all files -----------------------------------------------------------------
@@ -357,7 +198,7 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     # every Pillow format plugin: Image.open on a non-image would import them all per worker
     pil_plugins = [f"PIL.{name}" for name in getattr(Image, "_plugins", ())]
     ctx.set_forkserver_preload(["cv2", "numpy", "PIL.Image", "PIL.ImageOps", "tqdm",
-                                "stages.params", *pil_plugins])
+                                "stages.params", "stages.images", *pil_plugins])
     return ctx
 
 

@@ -365,3 +365,21 @@ def build_demo_zip(path: Path, *, classes: int, per_class: int, size: int,
     summary.members = len(files)
     _write_zip(Path(path), files)
     return summary
+
+
+# ---- unlabelled images for the predict stage ------------------------------------------------
+
+UNLABELLED_STREAM = 1 << 20  # rng streams [seed, this, k]: never one a training image uses
+
+
+def unlabelled_images(*, classes: int, n: int, size: int, seed: int) -> dict[str, bytes]:
+    """file name -> bytes: `n` fresh images drawn like the demo's (shape k % classes; the name
+    does not tell which) plus one truncated JPEG, to show how predict lists a broken file."""
+    names = list(CLASS_NAMES[:classes])
+    files = {}
+    for k in range(n):
+        rng = np.random.default_rng([seed, UNLABELLED_STREAM, k])
+        files[f"photo_{k:03d}.jpg"] = encode_jpeg(render(names[k % classes], rng, size), 90)
+    if n:
+        files["broken.jpg"] = files[f"photo_{0:03d}.jpg"][:400]
+    return files

@@ -32,8 +32,8 @@ HALF = (0.5, 0.5, 0.5)
 
 DOWNLOAD_TIMEOUT = 30  # seconds a torchvision weight download may stall before it fails
 
-CHECKPOINT_KEYS = ("arch", "num_classes", "classes", "transform", "strategy", "best_epoch",
-                   "select")
+CHECKPOINT_KEYS = ("arch", "num_classes", "classes", "transform", "clean", "head", "strategy",
+                   "best_epoch", "select")
 
 
 @dataclass(frozen=True)
@@ -211,13 +211,53 @@ def check(arch: str, weights: str) -> None:
                          "scratch); use `weights: none`")
 
 
-def build(arch: str, num_classes: int, weights: str) -> nn.Module:
-    """The backbone (ImageNet weights when "pretrained", random when "none") + a new head."""
-    check(arch, weights)
-    model = spec(arch).make(weights == "pretrained")
+class Head(nn.Sequential):
+    """A head richer than one Linear: [Dropout] -> (Linear -> ReLU -> [Dropout]) per hidden
+    width -> Linear. Its own class so head_name finds the whole of it, not its last Linear."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: list[int], dropout: float):
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Dropout(dropout)] if dropout else []
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            in_features = width
+        layers += [nn.Dropout(dropout)] if dropout else []
+        super().__init__(*layers, nn.Linear(in_features, num_classes))
+
+
+def new_head(in_features: int, num_classes: int, head: Any = None,
+             bias: bool = True) -> nn.Module:
+    """`head` (params.Head or its dict; None = default): one nn.Linear when it has no hidden
+    layer and no dropout (the default, state_dict keys as before), else a Head."""
+    cfg = head_spec(head)
+    hidden, dropout = cfg["hidden"], cfg["dropout"]
+    if not hidden and not dropout:
+        return nn.Linear(in_features, num_classes, bias=bias)
+    return Head(in_features, num_classes, hidden, dropout)
+
+
+def head_spec(head: Any = None) -> dict:
+    """{"hidden": [widths], "dropout": p} from params.Head, its dict, or None (the default)."""
+    if hasattr(head, "model_dump"):
+        head = head.model_dump()
+    head = head or {}
+    return {"hidden": [int(w) for w in head.get("hidden", [])],
+            "dropout": float(head.get("dropout", 0.0))}
+
+
+def build(arch: str, num_classes: int, weights: str, head: Any = None) -> nn.Module:
+    """The backbone (ImageNet weights when "pretrained", random when "none") + a new head
+    (`head`: params.Head or its dict; None = one Linear)."""
+    model = backbone(arch, weights)
     old = model.get_submodule(head_name(model))
-    swap_head(model, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    swap_head(model, new_head(old.in_features, num_classes, head, bias=old.bias is not None))
     return model
+
+
+def backbone(arch: str, weights: str) -> nn.Module:
+    """The network as its maker builds it, original (ImageNet, 1000-class) head included."""
+    check(arch, weights)
+    return spec(arch).make(weights == "pretrained")
 
 
 def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.Module:
@@ -236,7 +276,11 @@ def norm_stats(arch: str) -> tuple[list[float], list[float]]:
 
 
 def head_name(model: nn.Module) -> str:
-    """Dotted name of the classification head: the last nn.Linear in the module tree."""
+    """Dotted name of the classification head: the Head module when there is one (a richer head,
+    see new_head), else the last nn.Linear in the module tree."""
+    heads = [n for n, m in model.named_modules() if isinstance(m, Head)]
+    if heads:
+        return heads[-1]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise StageError(f"{type(model).__name__} has no nn.Linear to use as the head")
@@ -366,7 +410,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Mod
     if not path.is_file():
         raise StageError(f"{path}: model checkpoint not found; run the train stage first")
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    model = build(ckpt["arch"], ckpt["num_classes"], "none")
+    model = build(ckpt["arch"], ckpt["num_classes"], "none", ckpt.get("head"))
     model.load_state_dict(ckpt["state_dict"])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)

@@ -204,9 +204,17 @@ class Phase(Section):
         return self
 
 
+class Head(Section):
+    """The new classification head: [Dropout] -> (Linear -> ReLU -> [Dropout]) per hidden width
+    -> Linear. The default (no hidden layer, no dropout) is one nn.Linear."""
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field([], max_length=4)
+    dropout: float = Field(0.0, ge=0, lt=1)  # probability, before each Linear of the head
+
+
 class Strategy(Phase):
     arch: str = Field(min_length=1)
     weights: Literal["pretrained", "none"] = "pretrained"
+    head: Head = Head()
     cache_features: bool = False
     phases: list[PhaseOverride] = []
 
@@ -247,6 +255,24 @@ class Report(Section):
     augment_samples: int = Field(16, ge=1, le=100)
 
 
+class Select(Section):
+    """How the best strategy is chosen: on validation, never on test."""
+    by: Literal["val_acc", "val_loss"] = "val_acc"
+
+
+class Predict(Section):
+    images: Optional[str] = Field(None, min_length=1)  # folder of unlabelled images, or None
+    demo_images: int = Field(8, ge=0, le=1000)  # fresh demo images (generated datasets only)
+    top_k: int = Field(3, ge=1, le=1000)
+    tta: bool = False
+    gallery: int = Field(16, ge=1, le=100)
+
+
+class Export(Section):
+    opset: int = Field(17, ge=13, le=20)  # ONNX opset (the TorchScript-based exporter)
+    tolerance: float = Field(1e-4, gt=0, le=0.1)
+
+
 class Check(Section):
     """Tolerances for `make check` (tools/check.py)."""
     data_stages: list[str] = ["download", "extract", "clean", "split"]
@@ -268,6 +294,9 @@ class Params(Section):
     strategies: dict[str, Strategy] = Field(min_length=1)
     evaluate: Evaluate = Evaluate()
     report: Report = Report()
+    select: Select = Select()
+    predict: Predict = Predict()
+    export: Export = Export()
     check: Check = Check()
 
     @field_validator("dataset")

@@ -2,17 +2,21 @@
 
 Reads, for each strategy S under `strategies:` in params.yaml (in params order),
 `metrics/train/S.json`, `plots/train/S.tsv`, `metrics/eval/S.json` and `plots/confusion/S.json`,
-plus `data/split/` (classes, split counts, training rows) and test/training images from
-`data/clean/`. Writes `reports/report.md` (split counts, one table across strategies, the best
-strategy, its per-class scores, relative links to the figures) and `reports/figures/*.png`:
-training curves per strategy, all confusion matrices side by side, a gallery of the best
-strategy's test predictions (mistakes first, in red) and a grid of augmented training samples.
+plus `metrics/best.json` (the strategy select chose on validation), `reports/predictions.csv`
+(predict), `data/split/` (classes, split counts, training rows) and test/training images from
+`data/clean/`. Writes `reports/report.md` (split counts, one table across strategies, the chosen
+strategy with its test score as the unbiased estimate, its per-class scores, the predictions on
+unlabelled images, relative links to the figures) and `reports/figures/*.png`: training curves
+per strategy, all confusion matrices side by side, a gallery of the chosen strategy's test
+predictions (mistakes first, in red) and a grid of augmented training samples; the predict
+stage's gallery (`reports/predictions.png`) is linked, not copied.
 Everything is built in a temporary folder and moved into place at the end; the same inputs give
 byte-identical files (no timestamps, no software versions in the PNGs).
 
     python -m stages.report --clean data/clean --split data/split \
         --train-metrics metrics/train --train-plots plots/train \
-        --eval-metrics metrics/eval --confusion plots/confusion \
+        --eval-metrics metrics/eval --confusion plots/confusion --best metrics/best.json \
+        --predictions reports/predictions.csv --predictions-gallery reports/predictions.png \
         --out reports/report.md --figures reports/figures
 """
 from __future__ import annotations
@@ -32,16 +36,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from matplotlib import style
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from stages import data, files, seeds, transforms
+from stages import figures as png
 from stages.errors import StageError, run_main
 from stages.params import Params, add_option, load
 
-DPI = 100  # fixed, with fixed figure sizes: same pixels every run
-PNG_METADATA = {"Software": None}  # matplotlib writes its version here by default
 SPLITS = ("train", "val", "test")
 # Augmented samples are normalised then shown denormalised, so any stats round-trip; these are
 # the ImageNet ones the pretrained backbones use.
@@ -94,9 +96,22 @@ def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, trai
     return runs
 
 
-def best_run(runs: Sequence[Run]) -> Run:
-    """Highest test accuracy; ties go to macro-F1, then to the strategy listed first."""
-    return max(runs, key=lambda r: (r.eval["accuracy"], r.eval["macro_f1"]))  # first max wins
+def chosen_run(runs: Sequence[Run], best_path: Path) -> tuple[Run, dict]:
+    """The run metrics/best.json (the select stage) chose on validation, and that file."""
+    best = _read_json(best_path, "select")
+    by_name = {r.name: r for r in runs}
+    if best.get("strategy") not in by_name:
+        raise StageError(f"{best_path}: names strategy {best.get('strategy')!r}, not one of "
+                         f"{list(by_name)}; re-run `dvc repro select`")
+    return by_name[best["strategy"]], best
+
+
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    """reports/predictions.csv rows (the predict stage)."""
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro predict` to produce it")
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 # ---- markdown -------------------------------------------------------------------------------
@@ -128,8 +143,36 @@ def split_section(classes: Sequence[str], counts: dict[str, Counter]) -> list[st
     return _table(["class", *SPLITS, "total"], rows, right_from=1)
 
 
+def best_section(best: Run, choice: dict) -> list[str]:
+    by = {"val_acc": "validation accuracy", "val_loss": "validation loss"}[choice["by"]]
+    test = best.eval
+    return [
+        f"**Best strategy: {best.name}**, chosen on {by} ({choice['by']} "
+        f"{choice[choice['by']]:.4f}; `select.by` in params.yaml; ties go to the other "
+        "validation score, then to the strategy listed first). The test split played no part in "
+        f"the choice, so its test accuracy, **{test['accuracy']:.4f}** (macro-F1 "
+        f"{test['macro_f1']:.4f}), is an unbiased estimate of how it does on new images; the "
+        "best test score in the table above is not (picking by it would use the test split "
+        "to choose). `predict` and `export` use this strategy.", ""]
+
+
+def predictions_section(rows: Sequence[dict[str, str]], link: str) -> list[str]:
+    ok = [r for r in rows if not r["error"]]
+    failed = [r for r in rows if r["error"]]
+    lines = ["## Predictions on unlabelled images", ""]
+    if not rows:
+        return lines + ["No unlabelled images (`predict.images` is null and the dataset is not "
+                        "generated); `reports/predictions.csv` has the header only.", ""]
+    lines += [f"{len(ok)} images classified by the best strategy "
+              "(`reports/predictions.csv` has the top-k of each)"
+              + (f"; {len(failed)} could not be used:" if failed else "."), ""]
+    lines += [f"- `{r['file']}`: {r['error']}" for r in failed]
+    return lines + ([""] if failed else []) + [f"![predictions]({link})", ""]
+
+
 def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, Counter],
-                    runs: Sequence[Run], best: Run, links: dict[str, str]) -> str:
+                    runs: Sequence[Run], best: Run, choice: dict, links: dict[str, str],
+                    predictions: Sequence[dict[str, str]]) -> str:
     header = ["strategy", "arch", "weights", "trainable params", "epochs run", "best val acc",
               "test accuracy", "TTA accuracy", "macro-F1", "balanced acc"]
     per_class = [[c, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}",
@@ -143,8 +186,7 @@ def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, C
         "images when `evaluate.tta_flip`); best val acc: at the epoch the model was kept. "
         "With `train.seeds` above 1, each score is the mean ± std over the seeds.", "",
         *_table(header, [strategy_row(r) for r in runs], right_from=3), "",
-        f"**Best strategy: {best.name}** (highest test accuracy; ties go to macro-F1, then to "
-        "the strategy listed first in params.yaml).", "",
+        *best_section(best, choice),
         f"Per class on the test split ({best.name}, single crop):", "",
         *_table(["class", "precision", "recall", "F1", "support"], per_class, right_from=1), "",
         "## Figures", "",
@@ -159,16 +201,12 @@ def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, C
         f"![test predictions]({links['gallery']})", "",
         "### Augmented training samples", "",
         f"![augmented training samples]({links['augment']})", "",
+        *predictions_section(predictions, links["predictions"]),
     ]
     return "\n".join(lines)
 
 
 # ---- figures --------------------------------------------------------------------------------
-
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png", metadata=PNG_METADATA)
-
 
 def _column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:
     return np.array([float(r[key]) for r in rows])
@@ -191,7 +229,7 @@ def curves_figure(run: Run, path: Path) -> None:
         if len(keys) > 1:
             ax.legend(fontsize="small")
     fig.suptitle(f"{run.name} ({run.arch}, weights: {run.weights})")
-    _save(fig, path)
+    png.save(fig, path)
 
 
 def confusion_matrix(records: Sequence[dict[str, str]], classes: Sequence[str],
@@ -225,23 +263,13 @@ def confusion_figure(runs: Sequence[Run], classes: Sequence[str], path: Path,
             for (i, j), c in np.ndenumerate(counts):
                 ax.text(j, i, str(c), ha="center", va="center", fontsize="small",
                         color="white" if c > top / 2 else "black")
-    _save(fig, path)
+    png.save(fig, path)
 
 
 def gallery_records(records: Sequence[dict[str, str]], n: int) -> list[dict[str, str]]:
     """The first n records, mistakes first, each group by path: deterministic, and the
     interesting images are shown."""
     return sorted(records, key=lambda r: (r["actual"] == r["predicted"], r["path"]))[:n]
-
-
-def _grid(n: int, cols: int, cell: float) -> tuple[Figure, list]:
-    rows = math.ceil(n / cols)
-    # at least 5 inches wide so the title fits over a single image
-    fig = Figure(figsize=(max(cell * cols, 5.0), (cell + 0.35) * rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    return fig, list(axes)
 
 
 def _image(clean_dir: Path, rel: str):
@@ -253,17 +281,13 @@ def _image(clean_dir: Path, rel: str):
     return transforms.read_image(path)
 
 
-def _hwc(image) -> np.ndarray:
-    return np.asarray(image).transpose(1, 2, 0)  # (3, H, W) -> (H, W, 3) for imshow
-
-
 def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path,
                    path: Path) -> None:
     chosen = gallery_records(records, n)
-    fig, axes = _grid(max(len(chosen), 1), min(max(len(chosen), 1), 4), 2.2)
+    fig, axes = png.grid(max(len(chosen), 1), min(max(len(chosen), 1), 4), 2.2)
     for ax, r in zip(axes, chosen):
         wrong = r["actual"] != r["predicted"]
-        ax.imshow(_hwc(_image(clean_dir, r["path"])))
+        ax.imshow(png.hwc(_image(clean_dir, r["path"])))
         ax.set_title(f"{r['predicted']} / {r['actual']}", fontsize="small",
                      color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
         if wrong:  # a red frame as well as a red title
@@ -273,7 +297,7 @@ def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path,
             for spine in ax.spines.values():
                 spine.set(color="red", linewidth=3)
     fig.suptitle("predicted / true (mistakes in red)")
-    _save(fig, path)
+    png.save(fig, path)
 
 
 def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean_dir: Path,
@@ -289,23 +313,25 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
     rng = np.random.default_rng(params.seed)
     picks = rng.choice(len(rows), size=min(len(rows), math.ceil(n / cols)), replace=False)
     torch.manual_seed(params.seed)
-    fig, axes = _grid(n, cols, 2.0)
+    fig, axes = png.grid(n, cols, 2.0)
     for i, ax in enumerate(axes[:n]):
         row = rows[int(picks[(i // cols) % len(picks)])]
         shown = transforms.denormalize(tf(_image(clean_dir, row["path"])), MEAN, STD)
-        ax.imshow(np.clip(_hwc(shown).astype(np.float32), 0, 1))  # (S, S, 3) in [0, 1]
+        ax.imshow(np.clip(png.hwc(shown).astype(np.float32), 0, 1))  # (S, S, 3), [0, 1]
         ax.set_title(row["class"], fontsize="small")
     fig.suptitle(f"training augmentation at {params.image_size} px (seed {params.seed})")
-    _save(fig, path)
+    png.save(fig, path)
 
 
 # ---- the stage ------------------------------------------------------------------------------
 
 def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
-           eval_metrics: Path, confusion: Path, out: Path, figures: Path,
+           eval_metrics: Path, confusion: Path, best: Path, predictions: Path,
+           predictions_gallery: Path, out: Path, figures: Path,
            params: Params) -> dict[str, Any]:
     """Write report.md and its figures; return the best strategy, the table rows and the
-    figure links (relative to report.md)."""
+    figure links (relative to report.md). `best` is metrics/best.json (select);
+    `predictions` and `predictions_gallery` are the predict stage's CSV and PNG, linked."""
     clean_dir, split_dir, out, figures = map(Path, (clean_dir, split_dir, out, figures))
     runs = load_runs(list(params.strategies), params, train_metrics=Path(train_metrics),
                      train_plots=Path(train_plots), eval_metrics=Path(eval_metrics),
@@ -314,16 +340,18 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     rows = {s: [{"path": path, "class": classes[label]}
                 for path, label in data.read_rows(split_dir, s)] for s in SPLITS}
     counts = {s: Counter(r["class"] for r in rows[s]) for s in SPLITS}
-    best = best_run(runs)
+    best_run, choice = chosen_run(runs, Path(best))
+    predicted = read_predictions(Path(predictions))
     names = [*(f"curves-{r.name}" for r in runs), "confusion", "gallery", "augment"]
     links = {n: Path(os.path.relpath(figures / f"{n}.png", out.parent)).as_posix() for n in names}
+    links["predictions"] = Path(os.path.relpath(predictions_gallery, out.parent)).as_posix()
     # the figures are swapped in first, then report.md replaced: an earlier report survives a
     # failed run, and a new report.md never links to figures that are not there yet
     with files.staged_dir(figures) as fig_dir, style.context("default"):  # no user matplotlibrc
         steps = [*(partial(curves_figure, run, fig_dir / f"curves-{run.name}.png") for run in runs),
                  partial(confusion_figure, runs, classes, fig_dir / "confusion.png",
                          Path(confusion)),
-                 partial(gallery_figure, best.confusion, params.report.gallery, clean_dir,
+                 partial(gallery_figure, best_run.confusion, params.report.gallery, clean_dir,
                          fig_dir / "gallery.png"),
                  partial(augment_figure, rows["train"], params.report.augment_samples, params,
                          clean_dir, fig_dir / "augment.png")]
@@ -331,9 +359,10 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
                          file=sys.stderr):
             draw()
         text = render_markdown(dataset=params.dataset, classes=classes, counts=counts,
-                               runs=runs, best=best, links=links)
+                               runs=runs, best=best_run, choice=choice, links=links,
+                               predictions=predicted)
     files.write_text(out, text)
-    return {"best": best.name, "rows": [strategy_row(r) for r in runs], "links": links}
+    return {"best": best_run.name, "rows": [strategy_row(r) for r in runs], "links": links}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -345,6 +374,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        ("--train-plots", "folder of plots/train/<strategy>.tsv"),
                        ("--eval-metrics", "folder of metrics/eval/<strategy>.json"),
                        ("--confusion", "folder of plots/confusion/<strategy>.json"),
+                       ("--best", "metrics/best.json (the select stage's choice)"),
+                       ("--predictions", "reports/predictions.csv (the predict stage)"),
+                       ("--predictions-gallery", "its PNG, linked from the report"),
                        ("--out", "report markdown to write"),
                        ("--figures", "folder of PNG figures to write")]:
         ap.add_argument(flag, type=Path, required=True, help=what)
@@ -357,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load(args.params)
     result = report(clean_dir=args.clean, split_dir=args.split,
                     train_metrics=args.train_metrics, train_plots=args.train_plots,
-                    eval_metrics=args.eval_metrics, confusion=args.confusion, out=args.out,
+                    eval_metrics=args.eval_metrics, confusion=args.confusion,
+                    best=args.best, predictions=args.predictions,
+                    predictions_gallery=args.predictions_gallery, out=args.out,
                     figures=args.figures, params=params)
     print(f"{args.out}: {len(result['rows'])} strategies, best {result['best']}")
 

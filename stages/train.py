@@ -122,6 +122,9 @@ def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit,
             "transform": {"image_size": params.image_size,
                           "resize_size": resize_size(params.image_size),
                           "mean": mean, "std": std},
+            # what predict needs to prepare a photo as clean did (workers: speed only)
+            "clean": params.clean.model_dump(exclude={"workers"}),
+            "head": models.head_spec(strategy.head),
             "strategy": {"name": strategy_name, "arch": strategy.arch,
                          "weights": strategy.weights, "cache_features": strategy.cache_features,
                          "phases": [p.model_dump() for p in strategy.resolved_phases()],
@@ -223,7 +226,7 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, datase
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     threads = distributed.threads_per_process(params.threads)
     with torch_state(rt, seed=params.seed, threads=threads):
-        model = models.build(strategy.arch, len(classes), strategy.weights)
+        model = models.build(strategy.arch, len(classes), strategy.weights, strategy.head)
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)

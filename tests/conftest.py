@@ -244,3 +244,17 @@ def mounts():
     m = Mounts()
     yield m
     m.unmount_all()
+
+
+def checkpoint_meta(arch: str = "cnn2", classes=("a", "b", "c"), image_size: int = 32,
+                    head=None) -> dict:
+    """Checkpoint metadata as train writes it, for a model built by hand in a test."""
+    from stages import models
+    from stages.params import Clean
+    from stages.transforms import resize_size
+    mean, std = models.norm_stats(arch)
+    return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
+            "transform": {"image_size": image_size, "resize_size": resize_size(image_size),
+                          "mean": mean, "std": std},
+            "clean": Clean().model_dump(exclude={"workers"}), "head": models.head_spec(head),
+            "strategy": {"name": "t"}, "best_epoch": 1, "select": "val_acc"}

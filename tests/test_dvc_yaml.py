@@ -51,6 +51,12 @@ def test_stage_runs_its_module_and_lists_its_code(name):
     assert needed <= deps, f"{name}: add {sorted(needed - deps)} to its deps"
 
 
+@pytest.mark.parametrize("name", sorted(set(STAGES) - {"validate"}))
+def test_every_stage_waits_for_params_validation(name):
+    # DVC removes a stage's outputs before running it: params.yaml must be checked before that
+    assert "${paths.params_ok}" in stage_body(name)["deps"]
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_modules_do_not_import_each_other(name):
     assert not project_imports(name) & (set(STAGES) - {name})

@@ -17,10 +17,11 @@ import yaml
 
 from stages import models, transforms
 from stages.inference import predict_probs
-from stages.evaluate import (compute_metrics, confusion_records, evaluate, scores)
+from stages.evaluate import compute_metrics, confusion_records, evaluate, scores
 from stages.errors import StageError
+from stages.files import write_json
 from stages.params import validate
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, checkpoint_meta, make_image_folder
 
 CLASSES = ["cat", "dog", "eel"]
 # labels 0 0 1 1 2 2, argmax 0 1 1 1 2 0: 4 of 6 right
@@ -190,12 +191,7 @@ def tiny(tmp_path, params_raw):
     rows = write_split(tmp_path / "split", clean, classes)
     torch.manual_seed(0)
     model = models.build("cnn1", len(classes), "none")
-    mean, std = models.norm_stats("cnn1")
-    meta = {"arch": "cnn1", "num_classes": len(classes), "classes": classes,
-            "transform": {"image_size": 32, "resize_size": 36, "mean": list(mean),
-                          "std": list(std)},
-            "strategy": {}, "best_epoch": 1, "select": "val_acc"}
-    models.save_checkpoint(tmp_path / "m.pt", model, meta)
+    models.save_checkpoint(tmp_path / "m.pt", model, checkpoint_meta("cnn1", classes, 32))
     params = validate(params_raw)
     return tmp_path, rows, params
 

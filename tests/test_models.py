@@ -11,6 +11,7 @@ from torch import nn
 from stages import models
 from stages.errors import StageError
 from stages.transforms import eval_transform
+from conftest import checkpoint_meta
 
 REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",
             "efficientnet_b0", "efficientnet_lite0", "cnn1", "cnn2", "cnn3"]
@@ -177,11 +178,8 @@ def test_train_mode_leaves_the_dropout_before_the_head_on():
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
-def _meta(arch="cnn2", classes=("a", "b", "c")) -> dict:
-    return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
-            "transform": {"image_size": 32, "resize_size": 37, "mean": [0.5] * 3,
-                          "std": [0.5] * 3},
-            "strategy": {"name": "t"}, "best_epoch": 1, "select": "val_acc"}
+def _meta(arch="cnn2", classes=("a", "b", "c"), head=None) -> dict:
+    return checkpoint_meta(arch, classes, 32, head)
 
 
 def test_checkpoint_reloads_alone_and_predicts_the_same(tmp_path):
@@ -214,3 +212,86 @@ def test_same_tensors_give_the_same_checkpoint_bytes(tmp_path):
 def test_missing_checkpoint_says_to_run_train(tmp_path):
     with pytest.raises(StageError, match="not found; run the train stage"):
         models.load_checkpoint(tmp_path / "nope.pt")
+
+
+# ---- richer heads ---------------------------------------------------------------------------
+
+HEAD = {"hidden": [16], "dropout": 0.5}
+
+
+def test_default_head_stays_one_linear_with_the_same_state_keys():
+    torch.manual_seed(0)
+    plain = models.build("cnn2", 3, "none")
+    explicit = models.build("cnn2", 3, "none", {"hidden": [], "dropout": 0.0})
+    assert isinstance(plain.head, nn.Linear) and isinstance(explicit.head, nn.Linear)
+    assert list(plain.state_dict()) == list(explicit.state_dict())
+
+
+@pytest.mark.parametrize("arch", ["cnn2", "efficientnet_lite0", "resnet18"])
+def test_richer_head_is_found_whole_and_trains_alone(arch):
+    torch.manual_seed(0)
+    model = models.build(arch, 3, "none", HEAD)
+    name = models.head_name(model)
+    head = model.get_submodule(name)
+    assert isinstance(head, models.Head)
+    assert [type(m) for m in head] == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert head[1].out_features == 16 and head[-1].out_features == 3
+    info = models.set_trainable(model, arch, "head")
+    assert info["trainable_modules"] == [name]
+    assert info["trainable_params"] == sum(p.numel() for p in head.parameters())
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 2, 0])
+    before = _params(model)
+    _step(model, x, y)
+    after = _params(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {f"{name}.{n}" for n, _ in head.named_parameters()}
+
+
+def test_feature_caching_swaps_the_whole_richer_head(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("cnn2", 3, "none", HEAD).eval()
+    old = models.swap_head(model, nn.Identity())
+    assert isinstance(old, models.Head)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 64)  # pooled features, not logits
+    models.swap_head(model, old, "head")
+    assert models.head_name(model) == "head"
+
+
+def test_optimiser_head_group_holds_every_head_parameter():
+    from stages.params import Phase
+    from stages.train import _optimizer
+    torch.manual_seed(0)
+    model = models.build("cnn2", 3, "none", HEAD)
+    models.set_trainable(model, "cnn2", "all")
+    opt = _optimizer(model, Phase(lr=0.1, backbone_lr_mult=0.1))
+    head_ids = {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in opt.param_groups[0]["params"]} == head_ids
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[1]["lr"] == pytest.approx(0.01)
+    assert not head_ids & {id(p) for p in opt.param_groups[1]["params"]}
+
+
+def test_checkpoint_with_a_richer_head_reloads_alone(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("cnn2", 3, "none", HEAD).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    models.save_checkpoint(tmp_path / "m.pt", model, _meta(head=HEAD))
+    loaded, ckpt = models.load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["head"] == {"hidden": [16], "dropout": 0.5}
+    assert isinstance(loaded.head, models.Head) and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+def test_head_params_are_validated_strictly(params_raw):
+    from stages.errors import ParamsError
+    from stages.params import validate
+    params_raw["strategies"]["finetune"]["head"] = {"hidden": [256], "dropout": 0.5}
+    assert validate(params_raw).strategies["finetune"].head.hidden == [256]
+    for bad, match in [({"hidden": [0]}, "head.hidden.0"), ({"dropout": 1.0}, "head.dropout"),
+                       ({"width": 3}, "head.width: unknown key")]:
+        params_raw["strategies"]["finetune"]["head"] = bad
+        with pytest.raises(ParamsError, match=match):
+            validate(params_raw)

@@ -27,6 +27,7 @@ def tiny(params: dict) -> dict:
             phase["epochs"] = 1
     params["evaluate"]["batch_size"] = 32
     params["report"].update(gallery=4, augment_samples=4)
+    params["predict"].update(demo_images=3, gallery=4)
     return params
 
 
@@ -59,7 +60,8 @@ def project(tmp_path_factory, request):
 
 def test_repro_runs_every_stage_and_leaves_status_clean(project):
     lock = (project / "dvc.lock").read_text()
-    for stage in ["download", "extract", "clean", "split", "report"]:
+    for stage in ["download", "extract", "clean", "split", "select", "predict", "export",
+                  "report"]:
         assert f"\n  {stage}:" in lock
     for name in STRATEGIES:
         assert f"train@{name}:" in lock and f"evaluate@{name}:" in lock
@@ -68,6 +70,22 @@ def test_repro_runs_every_stage_and_leaves_status_clean(project):
     assert git(project, "status", "--porcelain") == ""
     # nothing to do a second time
     assert "Stage 'train@finetune' didn't change, skipping" in dvc(project, "repro").stdout
+
+
+def test_best_strategy_predictions_and_exports(project):
+    best = json.loads((project / "metrics/best.json").read_text())
+    assert best["strategy"] in STRATEGIES and best["by"] == "val_acc"
+    evaluated = json.loads((project / f"metrics/eval/{best['strategy']}.json").read_text())
+    assert best["test"]["accuracy"] == evaluated["accuracy"]
+    rows = (project / "reports/predictions.csv").read_text().splitlines()
+    assert rows[0] == "file,class,probability,top_k,error" and len(rows) == 1 + 4
+    assert sorted(p.name for p in (project / "export").iterdir()) == [
+        "model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"]
+    side = json.loads((project / "export/model.onnx.json").read_text())
+    assert side["strategy"] == best["strategy"]
+    report = (project / "reports/report.md").read_text()
+    assert f"**Best strategy: {best['strategy']}**, chosen on validation" in report
+    assert "![predictions](predictions.png)" in report
 
 
 def test_metrics_show_has_a_row_per_strategy(project):

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from stages.errors import StageError
 from stages.params import validate
-from stages.report import best_run, confusion_matrix, gallery_records, load_runs, report
+from stages.report import confusion_matrix, gallery_records, load_runs, report
 from conftest import make_image_folder
 
 CLASSES = ["a", "b", "c"]
@@ -26,7 +27,7 @@ TRAIN = {"zeta": {"best_epoch": 2, "best_val_acc": 0.5, "best_val_loss": 1.0, "e
                   "trainable_params": 1234, "total_params": 1234},
          "alpha": {"best_epoch": 4, "best_val_acc": 0.875, "best_val_loss": 0.4, "epochs": 4,
                    "trainable_params": 3012345, "total_params": 3400000}}
-# zeta: test accuracy 0.555556, alpha 0.777778 -> alpha is best
+# zeta: test accuracy 0.555556, alpha 0.777778; alpha is also best on validation
 EVAL = {"zeta": (0.555556, 0.611111, 0.5, 0.54321),
         "alpha": (0.777778, 0.888889, 0.765432, 0.777778)}  # acc, tta acc, macro F1, bal. acc
 
@@ -87,10 +88,28 @@ def inputs(tmp_path, params_raw):
     return tmp_path, validate(params_raw)
 
 
+PREDICTIONS = ("file,class,probability,top_k,error\n"
+               "demo/photo_000.jpg,b,0.900000,b 0.900000; a 0.100000,\n"
+               "demo/broken.jpg,,,,truncated: JPEG data ends before the end-of-image marker\n")
+
+
+def write_choice(root: Path, name: str, by="val_acc") -> None:
+    """metrics/best.json as the select stage writes it, and the predict stage's two files."""
+    best = {"strategy": name, "by": by, "val_acc": TRAIN[name]["best_val_acc"],
+            "val_loss": TRAIN[name]["best_val_loss"]}
+    (root / "metrics/best.json").write_text(json.dumps(best))
+    (root / "predictions.csv").write_text(PREDICTIONS)
+    cv2.imwrite(str(root / "predictions.png"), np.full((120, 160, 3), 200, np.uint8))
+
+
 def run_report(root: Path, params, out="reports"):
+    if not (root / "metrics/best.json").exists():
+        write_choice(root, "alpha")
     return report(clean_dir=root / "clean", split_dir=root / "split",
                   train_metrics=root / "metrics/train", train_plots=root / "plots/train",
                   eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion",
+                  best=root / "metrics/best.json", predictions=root / "predictions.csv",
+                  predictions_gallery=root / "predictions.png",
                   out=root / out / "report.md", figures=root / out / "figures", params=params)
 
 
@@ -135,14 +154,15 @@ def test_links_resolve_to_pngs_that_decode(inputs):
     run_report(root, params)
     out = root / "reports"
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text())
-    assert len(links) == len(STRATEGIES) + 3  # curves per strategy, confusion, gallery, augment
+    # curves per strategy, confusion, gallery, augment, and predict's gallery beside the report
+    assert len(links) == len(STRATEGIES) + 4
     assert all(not Path(link).is_absolute() for link in links)
     for link in links:
         image = cv2.imread(str(out / link))
         assert image is not None, link
         assert min(image.shape[:2]) > 100
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
-        Path(link).name for link in links)  # nothing else, no temp leftovers
+        Path(link).name for link in links if link.startswith("figures/"))  # no temp leftovers
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -190,16 +210,29 @@ def test_confusion_matrix_counts_rows_actual_columns_predicted():
         confusion_matrix([{"actual": "d", "predicted": "a", "path": "x"}], CLASSES, "s.json")
 
 
-def test_best_is_highest_accuracy_then_macro_f1_then_first_listed(inputs):
+def test_best_is_the_validation_choice_with_its_test_score_as_the_estimate(inputs):
     root, params = inputs
-    dirs = dict(train_metrics=root / "metrics/train", train_plots=root / "plots/train",
-                eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion")
-    zeta, alpha = load_runs(["zeta", "alpha"], params, **dirs)
-    assert best_run([zeta, alpha]).name == "alpha"
-    for name in ("zeta", "alpha"):  # a tie on accuracy and macro-F1
-        (root / "metrics/eval" / f"{name}.json").write_text(
-            json.dumps(eval_metrics(0.7, 0.7, 0.6, 0.7)))
-    assert best_run(load_runs(["alpha", "zeta"], params, **dirs)).name == "alpha"
-    assert best_run(load_runs(["zeta", "alpha"], params, **dirs)).name == "zeta"
-    (root / "metrics/eval/alpha.json").write_text(json.dumps(eval_metrics(0.7, 0.7, 0.65, 0.7)))
-    assert best_run(load_runs(["zeta", "alpha"], params, **dirs)).name == "alpha"
+    write_choice(root, "zeta")  # zeta: lower test accuracy than alpha, but chosen
+    result = run_report(root, params)
+    text = (root / "reports/report.md").read_text()
+    assert result["best"] == "zeta"
+    assert "**Best strategy: zeta**, chosen on validation accuracy" in text
+    assert "**0.5556**" in text  # zeta's test accuracy, reported as the unbiased estimate
+    assert "Test predictions (zeta)" in text
+
+
+def test_choice_naming_an_unknown_strategy_is_an_error(inputs):
+    root, params = inputs
+    write_choice(root, "alpha")
+    (root / "metrics/best.json").write_text(json.dumps({"strategy": "gone", "by": "val_acc"}))
+    with pytest.raises(StageError, match="best.json.*'gone'.*dvc repro select"):
+        run_report(root, params)
+
+
+def test_predictions_listed_with_failures_and_gallery_linked(inputs):
+    root, params = inputs
+    run_report(root, params)
+    text = (root / "reports/report.md").read_text()
+    assert "1 images classified by the best strategy" in text
+    assert "- `demo/broken.jpg`: truncated: JPEG data ends" in text
+    assert "![predictions](../predictions.png)" in text

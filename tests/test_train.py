@@ -306,3 +306,23 @@ def test_state_of_other_params_is_discarded_and_resume_can_be_off(params_raw, da
     train_stage.train("s", off, model_path=tmp_path / "c" / "m.pt", **kw)
     assert not resume.exists() or not any(resume.iterdir())
     assert (tmp_path / "c/m.pt").read_bytes() == (tmp_path / "b/m.pt").read_bytes()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_richer_head_trains_alone_and_is_saved_with_the_clean_settings(dataset, params_raw,
+                                                                          tmp_path, cache):
+    head = {"hidden": [8], "dropout": 0.5}
+    params = make_params(params_raw, {"h": {"arch": "cnn3", "weights": "none",
+                                            "trainable": "head", "optimizer": "adam",
+                                            "lr": 0.01, "epochs": 2, "cache_features": cache,
+                                            "head": head}})
+    run_train(params, "h", dataset, tmp_path)
+    model, ckpt = models.load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["head"] == head and isinstance(model.head, models.Head)
+    assert ckpt["clean"] == params.clean.model_dump(exclude={"workers"})
+    torch.manual_seed(params.seed)
+    before = models.build("cnn3", len(CLASSES), "none", head).state_dict()
+    changed = _changed(before, model.state_dict())
+    assert changed == {f"head.{n}" for n in ("1.weight", "1.bias", "4.weight", "4.bias")}
+    assert json.loads((tmp_path / "m.json").read_text())["trainable_params"] == \
+        sum(p.numel() for p in model.head.parameters())

@@ -1,0 +1,144 @@
+"""export: the chosen model as ONNX and TorchScript, each with a sidecar JSON.
+
+Reads `metrics/best.json` (the select stage's choice) and `models/<S>.pt`. Writes, in --out
+(`export/`):
+
+    model.onnx        + model.onnx.json         ONNX (opset `export.opset`), for ONNX Runtime etc.
+    model.torchscript.pt + model.torchscript.pt.json   TorchScript, for torch.jit.load (no
+                                                 project code needed)
+
+Both take a float32 (N, 3, S, S) batch (N free, S the training `image_size`) prepared as the
+sidecar's `preprocessing` lists, and return (N, C) logits; the sidecar also holds the class
+names, normalisation and clean settings, so `python -m stages.predict --model export/model.onnx`
+works with it. Before anything is written, both files are run on seeded random inputs and
+must give the checkpoint's probabilities within `export.tolerance`.
+
+    python -m stages.export --best metrics/best.json --models models --out export
+
+ONNX comes from torch's TorchScript-based exporter (`dynamo=False`): it needs no onnxscript,
+runs offline and writes the same bytes for the same checkpoint (the dynamo exporter's graph
+names are not guaranteed stable). TorchScript is `torch.jit.trace`: the input size is fixed
+anyway, and tracing records timm's TF "same" padding of EfficientNet-Lite0 for that size
+(scripting would compile the padding arithmetic; trace is simpler and exact at one size).
+Both are byte-identical run after run, one export per process as the stage does it: within one
+process TorchScript numbers the classes it has already compiled, so a second export there
+differs in those names (and its serialization id), not in the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from stages import bundle as bundles
+from stages import files, models
+from stages.errors import StageError, run_main
+from stages.params import Export, add_option, load
+
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+CHECK_BATCH = 4  # random images in the parity check before writing
+
+
+def _example(size: int, n: int = 1, seed: int = 0) -> torch.Tensor:
+    """(n, 3, size, size) float32 in the range of normalised images."""
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def onnx_bytes(model: torch.nn.Module, size: int, opset: int) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter is chosen on purpose (see the module docstring)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(model, (_example(size),), buf, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def torchscript_bytes(model: torch.nn.Module, size: int) -> bytes:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # jit.trace is deprecated
+        traced = torch.jit.trace(model, _example(size), check_inputs=[(_example(size, 2, 1),)])
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+def _probs(fn, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.softmax(torch.as_tensor(fn(x)).float(), dim=1).double().numpy()
+
+
+def _check(folder: Path, reference: torch.nn.Module, size: int, tolerance: float) -> dict:
+    """Max |probability difference| of each written file against the checkpoint."""
+    x = _example(size, CHECK_BATCH, seed=1)
+    expected = _probs(reference, x)
+    diffs = {}
+    for name in (ONNX_FILE, TORCHSCRIPT_FILE):
+        loaded = bundles.from_exported(folder / name)
+        diffs[name] = float(np.abs(_probs(loaded.model, x) - expected).max())
+        if diffs[name] > tolerance:
+            raise StageError(f"{name}: probabilities differ from the checkpoint by "
+                             f"{diffs[name]:.2e} > export.tolerance {tolerance}")
+    return diffs
+
+
+def export(*, model_path: Path, strategy: str, out: Path, settings: Export) -> dict:
+    """Write the two exported models and their sidecars to `out` (swapped in when all are
+    written and checked); return the parity check's max differences."""
+    model, ckpt = models.load_checkpoint(model_path)
+    size = int(ckpt["transform"]["image_size"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the published folder private
+    try:
+        blobs = {ONNX_FILE: ("onnx", onnx_bytes(model, size, settings.opset)),
+                 TORCHSCRIPT_FILE: ("torchscript", torchscript_bytes(model, size))}
+        for name, (fmt, blob) in blobs.items():
+            (tmp / name).write_bytes(blob)
+            side = bundles.sidecar_path(tmp / name)
+            files.write_json(side, bundles.sidecar(ckpt, fmt, strategy))
+            side.chmod(0o644)  # shipped beside the model: readable like it
+        diffs = _check(tmp, model, size, settings.tolerance)
+        files.replace_dir(tmp, out)
+    finally:
+        files.remove(tmp)
+    return diffs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--best", type=Path, default=Path("metrics/best.json"),
+                    help="the select stage's choice (default: %(default)s)")
+    ap.add_argument("--models", type=Path, default=Path("models"), help="checkpoint folder")
+    ap.add_argument("--model", type=Path, help="export this checkpoint instead of the best")
+    ap.add_argument("--out", type=Path, required=True, help="folder to write (export/)")
+    add_option(ap)
+    args = ap.parse_args(argv)
+    params = load(args.params)
+    path = args.model or bundles.best_checkpoint(args.best, args.models)
+    torch.set_num_threads(params.threads)
+    diffs = export(model_path=path, strategy=path.stem, out=args.out, settings=params.export)
+    worst = ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())
+    print(f"{path} -> {args.out}{os.sep}{{{ONNX_FILE}, {TORCHSCRIPT_FILE}}} "
+          f"(max probability difference: {worst})")
+
+
+def cli() -> None:
+    """Console entry point (transferline-export)."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

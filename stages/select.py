@@ -1,0 +1,97 @@
+"""select: choose the best strategy on validation, and report its test score.
+
+Reads `metrics/train/<S>.json` (validation scores at the epoch each model was kept) and
+`metrics/eval/<S>.json` (test scores) for every strategy under `strategies:` in params.yaml.
+Writes `metrics/best.json`:
+
+    {"strategy": "<S>", "by": "val_acc", "val_acc": ..., "val_loss": ...,
+     "test": {"accuracy", "balanced_accuracy", "macro_f1", "tta_accuracy"},
+     "candidates": {"<S>": {"val_acc", "val_loss"}, ...}}
+
+    python -m stages.select --train-metrics metrics/train --eval-metrics metrics/eval \
+        --out metrics/best.json
+
+The choice looks only at validation (`select.by`; ties go to the other validation score, then to
+the strategy listed first), so the chosen strategy's test score is an unbiased estimate of how it
+does on new images. Picking the strategy with the best *test* score would make that score
+optimistic: the test split would have been used to choose. predict and export use this choice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from stages.files import write_json
+from stages.errors import StageError, run_main
+from stages.params import Params, add_option, load
+
+# select.by -> (train metrics key, +1 when higher is better, the tie-breaker's select.by)
+CRITERIA = {"val_acc": ("best_val_acc", 1, "val_loss"),
+            "val_loss": ("best_val_loss", -1, "val_acc")}
+TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _read_json(path: Path, stage: str) -> dict:
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not valid JSON ({exc}); re-run `dvc repro {stage}`") from None
+
+
+def _val(train: dict, name: str, source: Path) -> dict[str, float]:
+    try:
+        return {"val_acc": float(train["best_val_acc"]), "val_loss": float(train["best_val_loss"])}
+    except (KeyError, TypeError, ValueError):
+        raise StageError(f"{source}: lacks best_val_acc/best_val_loss; re-run "
+                         f"`dvc repro train@{name}`") from None
+
+
+def choose(candidates: dict[str, dict[str, float]], by: str) -> str:
+    """The best name by validation `by`, ties to the other score, then to the first listed."""
+    _, sign, other = CRITERIA[by]
+    other_sign = CRITERIA[other][1]
+    order = list(candidates)
+    return min(order, key=lambda n: (-sign * candidates[n][by],
+                                     -other_sign * candidates[n][other], order.index(n)))
+
+
+def select(names: Sequence[str], *, train_metrics: Path, eval_metrics: Path, out: Path,
+           by: str) -> dict[str, Any]:
+    """Choose among `names` (params order) by validation; write and return metrics/best.json."""
+    if by not in CRITERIA:
+        raise StageError(f"select.by: {by!r}; choose one of {', '.join(CRITERIA)}")
+    candidates = {}
+    for name in names:
+        path = Path(train_metrics) / f"{name}.json"
+        candidates[name] = _val(_read_json(path, f"train@{name}"), name, path)
+    best = choose(candidates, by)
+    test = _read_json(Path(eval_metrics) / f"{best}.json", f"evaluate@{best}")
+    result = {"strategy": best, "by": by, **candidates[best],
+              "test": {**{k: test[k] for k in TEST_KEYS},
+                       "tta_accuracy": test["tta"]["accuracy"]},
+              "candidates": candidates}
+    write_json(Path(out), result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.select", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-metrics", type=Path, required=True, help="metrics/train folder")
+    ap.add_argument("--eval-metrics", type=Path, required=True, help="metrics/eval folder")
+    ap.add_argument("--out", type=Path, required=True, help="metrics/best.json to write")
+    add_option(ap)
+    args = ap.parse_args(argv)
+    params: Params = load(args.params)
+    result = select(list(params.strategies), train_metrics=args.train_metrics,
+                    eval_metrics=args.eval_metrics, out=args.out, by=params.select.by)
+    print(f"best strategy by {result['by']}: {result['strategy']} "
+          f"(val acc {result['val_acc']:.4f}; test accuracy {result['test']['accuracy']:.4f})")
+
+
+if __name__ == "__main__":
+    run_main(main)
