@@ -260,11 +260,11 @@ def test_feature_caching_swaps_the_whole_richer_head(tmp_path):
 
 def test_optimiser_head_group_holds_every_head_parameter():
     from stages.params import Phase
-    from stages.train import _optimizer
+    from stages.loop import make_optimizer
     torch.manual_seed(0)
     model = models.build("cnn2", 3, "none", HEAD)
     models.set_trainable(model, "cnn2", "all")
-    opt = _optimizer(model, Phase(lr=0.1, backbone_lr_mult=0.1))
+    opt = make_optimizer(model, Phase(lr=0.1, backbone_lr_mult=0.1))
     head_ids = {id(p) for p in model.head.parameters()}
     assert {id(p) for p in opt.param_groups[0]["params"]} == head_ids
     assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[1]["lr"] == pytest.approx(0.01)
