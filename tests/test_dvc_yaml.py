@@ -4,6 +4,7 @@ stage modules never import each other, and the overlay plots cover every strateg
 import ast
 import importlib
 import inspect
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,22 @@ def test_every_stage_main_takes_argv_and_a_params_file(name, capsys):
     assert exit_.value.code == 0
     assert "--params PARAMS" in capsys.readouterr().out
     assert f"    {name} " in importlib.import_module("stages").__doc__  # listed as a stage
+
+
+def test_training_resume_state_lives_outside_every_output_and_git():
+    # DVC deletes a stage's outputs before running it: the resume state must not be one of them
+    paths = DVC_YAML["vars"][0]["paths"]
+    assert "--resume ${paths.resume}/${key}" in stage_body("train")["cmd"]
+
+    def resolved(out) -> Path:
+        name = out if isinstance(out, str) else next(iter(out))
+        for key, value in paths.items():
+            name = name.replace("${paths.%s}" % key, value)
+        return Path(name.split("${")[0] or ".")  # "models/${key}.pt" -> models/
+
+    resume = Path(paths["resume"])
+    for out in (resolved(o) for body in map(stage_body, STAGES) for o in body.get("outs", [])):
+        assert not (out == resume or out in resume.parents or resume in out.parents), out
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(resume / "finetune" / "seed0.pt")],
+                             cwd=ROOT)
+    assert ignored.returncode == 0, f"{resume} must be git-ignored"
