@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from stages.errors import WRITE_ERRORS, disk_error
+from stages.errors import WRITE_ERRORS, StageError, disk_error
 
 SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
 CHUNK = 1 << 20           # bytes per read/write when streaming or copying a file (1 MiB)
@@ -135,6 +135,17 @@ def write_text(path: Path, text: str) -> None:
 def json_text(obj: Any) -> str:
     """Deterministic JSON: sorted keys, 2-space indent, UTF-8 kept, trailing newline."""
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def read_json(path: Path, stage: str) -> Any:
+    """Another stage's JSON output; missing or broken, a StageError saying which stage makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not valid JSON ({exc}); re-run `dvc repro {stage}`") from None
 
 
 def write_json(path: Path, obj: Any) -> None:

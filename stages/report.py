@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import sys
@@ -65,15 +64,6 @@ class Run:
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def _read_json(path: Path, stage: str) -> Any:
-    if not path.is_file():
-        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StageError(f"{path}: not valid JSON ({exc}); re-run `dvc repro {stage}`") from None
-
-
 def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
     if not path.is_file():
         raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
@@ -89,16 +79,16 @@ def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, trai
         strategy = params.strategy(name)
         runs.append(Run(
             name=name, arch=strategy.arch, weights=strategy.weights,
-            train=_read_json(train_metrics / f"{name}.json", f"train@{name}"),
+            train=files.read_json(train_metrics / f"{name}.json", f"train@{name}"),
             curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
-            eval=_read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
-            confusion=_read_json(confusion / f"{name}.json", f"evaluate@{name}")))
+            eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
+            confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}")))
     return runs
 
 
 def chosen_run(runs: Sequence[Run], best_path: Path) -> tuple[Run, dict]:
     """The run metrics/best.json (the select stage) chose on validation, and that file."""
-    best = _read_json(best_path, "select")
+    best = files.read_json(best_path, "select")
     by_name = {r.name: r for r in runs}
     if best.get("strategy") not in by_name:
         raise StageError(f"{best_path}: names strategy {best.get('strategy')!r}, not one of "

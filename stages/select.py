@@ -19,10 +19,10 @@ optimistic: the test split would have been used to choose. predict and export us
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from stages import files
 from stages.files import write_json
 from stages.errors import StageError, run_main
 from stages.params import Params, add_option, load
@@ -31,15 +31,6 @@ from stages.params import Params, add_option, load
 CRITERIA = {"val_acc": ("best_val_acc", 1, "val_loss"),
             "val_loss": ("best_val_loss", -1, "val_acc")}
 TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
-def _read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StageError(f"{path}: not valid JSON ({exc}); re-run `dvc repro {stage}`") from None
 
 
 def _val(train: dict, name: str, source: Path) -> dict[str, float]:
@@ -67,9 +58,9 @@ def select(names: Sequence[str], *, train_metrics: Path, eval_metrics: Path, out
     candidates = {}
     for name in names:
         path = Path(train_metrics) / f"{name}.json"
-        candidates[name] = _val(_read_json(path, f"train@{name}"), name, path)
+        candidates[name] = _val(files.read_json(path, f"train@{name}"), name, path)
     best = choose(candidates, by)
-    test = _read_json(Path(eval_metrics) / f"{best}.json", f"evaluate@{best}")
+    test = files.read_json(Path(eval_metrics) / f"{best}.json", f"evaluate@{best}")
     result = {"strategy": best, "by": by, **candidates[best],
               "test": {**{k: test[k] for k in TEST_KEYS},
                        "tta_accuracy": test["tta"]["accuracy"]},
