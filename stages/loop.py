@@ -49,6 +49,10 @@ SCHEDULES = {
     "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(opt, ph.schedule.step_size,
                                                             ph.schedule.gamma),
     "cosine": lambda opt, ph: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs),
+    # lr x gamma once val loss has not fallen for `patience` epochs: with early stopping
+    # (train.patience) a run decays and ends when it stops learning, not at a guessed epoch
+    "plateau": lambda opt, ph: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=ph.schedule.gamma, patience=ph.schedule.patience),
 }
 
 
@@ -174,7 +178,7 @@ def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor
     feats, labels = [], []
     try:
         for x, y in tqdm(loader, desc="features", leave=False, disable=None, file=sys.stderr):
-            with rt.autocast():
+            with torch.no_grad(), rt.autocast():
                 feats.append(model(rt.batch(x)).float())
             labels.append(y.to(rt.device))
     finally:
@@ -328,7 +332,9 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
             steps.scaler.load_state_dict(state["scaler"])
     for pos.epochs in range(pos.epochs + 1, phase.epochs + 1):
         row = _one_epoch(len(run.history) + 1, pos.phase, optimizer, steps)
-        if scheduler is not None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(row["val_loss"])  # the same on every process: val sums are global
+        elif scheduler is not None:
             scheduler.step()
         run.history.append(row)
         if _better(row, run.best, train_p.select):

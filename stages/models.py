@@ -134,15 +134,23 @@ def _packaged_lite0(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # ---- small CNNs for training from scratch ---------------------------------------------------
 
+CNN_STEM = 16               # channels of the stride-2 stem conv
 CNN_WIDTHS = (32, 64, 128)  # output channels of conv blocks 1..3
 
 
 class SmallCNN(nn.Module):
-    """n blocks of conv3x3-BN-ReLU-maxpool2, global average pool, Linear."""
+    """A strided stem (conv3x3 stride 2-BN-ReLU), then n blocks of conv3x3-BN-ReLU-maxpool2,
+    global average pool, Linear.
+
+    The stem halves the resolution before the first block, as small CNNs for photos do, so at
+    224 px the blocks run at 112, 56 and 28 px: 0.18 GMAC per image for cnn3, half of
+    EfficientNet-Lite0's 0.38, where the first block at full resolution cost about 0.5."""
 
     def __init__(self, n_blocks: int, num_classes: int = 1000):
         super().__init__()
-        layers, c_in = [], 3
+        self.stem = nn.Sequential(nn.Conv2d(3, CNN_STEM, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(CNN_STEM), nn.ReLU(inplace=True))
+        layers, c_in = [], CNN_STEM
         for width in CNN_WIDTHS[:n_blocks]:
             layers.append(nn.Sequential(nn.Conv2d(c_in, width, 3, padding=1, bias=False),
                                         nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -153,7 +161,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        return self.head(self.pool(self.features(self.stem(x))))
 
 
 def _cnn(n_blocks: int) -> ArchSpec:

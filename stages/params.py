@@ -135,7 +135,7 @@ class Train(Section):
     channels_last: bool = True
     deterministic: bool = True
     select: Literal["val_acc", "val_loss"] = "val_acc"
-    patience: int = Field(0, ge=0)
+    patience: int = Field(4, ge=0)
     target_acc: Probability = 1.0
     seeds: int = Field(1, ge=1, le=20)
     resume: bool = True
@@ -151,9 +151,10 @@ class Train(Section):
 
 
 class Schedule(Section):
-    name: Literal["none", "step", "cosine"] = "none"
+    name: Literal["none", "step", "cosine", "plateau"] = "none"
     step_size: int = Field(7, ge=1)  # epochs between decays (step)
-    gamma: float = Field(0.1, gt=0, le=1)  # decay factor (step)
+    gamma: float = Field(0.1, gt=0, le=1)  # decay factor (step, plateau)
+    patience: int = Field(1, ge=0)  # epochs without a lower val loss before a decay (plateau)
 
 
 def _check_trainable(value: Any) -> Any:

@@ -69,6 +69,22 @@ def test_small_cnn_has_no_pretrained_weights():
         models.build("cnn2", 3, "pretrained")
 
 
+def _macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x)
+    return counter.get_total_flops() // 2
+
+
+def test_small_cnn_downsamples_first_and_costs_less_than_the_pretrained_backbone():
+    x = torch.zeros(1, 3, 224, 224)
+    cnn = models.build("cnn3", 2, "none")
+    assert cnn.stem(x).shape[-2:] == (112, 112)  # the stride-2 stem before any block
+    assert cnn.features(cnn.stem(x)).shape[-2:] == (14, 14)
+    lite0 = models.build("efficientnet_lite0", 2, "none")
+    assert _macs(cnn, x) < 0.5 * _macs(lite0, x)  # 0.18 vs 0.38 GMAC per image
+
+
 def test_torchvision_weights_offline_name_the_file_and_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
@@ -108,7 +124,7 @@ def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
 # ---- which parameters train -----------------------------------------------------------------
 
 CNN3_CASES = {
-    "all": ["features", "head"],
+    "all": ["stem", "features", "head"],
     "head": ["head"],
     1: ["features.2", "head"],
     2: ["features.1", "features.2", "head"],

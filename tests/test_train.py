@@ -45,7 +45,7 @@ def _touching(names: set[str], prefixes: list[str]) -> set[str]:
 
 # Per strategy kind: the module prefixes whose tensors (parameters AND BN buffers) may change.
 KINDS = {
-    "all": ("cnn3", "none", "all", ["features", "head"]),
+    "all": ("cnn3", "none", "all", ["stem", "features", "head"]),
     "head": ("cnn3", "none", "head", ["head"]),
     "last_block": ("cnn3", "none", 1, ["features.2", "head"]),
     "named": ("cnn3", "none", ["features.0"], ["features.0", "head"]),
@@ -176,6 +176,27 @@ def test_patience_ends_a_phase_and_target_acc_ends_the_run(dataset, params_raw, 
     assert json.loads((tmp_path / "m.json").read_text())["epochs"] == len(accs)
 
 
+def test_early_stopping_is_on_by_default_and_epochs_are_only_a_cap(dataset, params_raw,
+                                                                     tmp_path):
+    stalled = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
+               "epochs": 40}
+    params = make_params(params_raw, {"s": stalled})  # train.patience as shipped
+    assert params.train.patience == 4
+    run_train(params, "s", dataset, tmp_path)
+    assert len(read_tsv(tmp_path / "p.tsv")) == 1 + 4  # the best epoch, then 4 without gain
+
+
+def test_plateau_schedule_cuts_the_lr_once_val_loss_stops_falling(dataset, params_raw,
+                                                                   tmp_path):
+    # an lr too small to move the val loss: it never falls, so the lr is cut by gamma after
+    # every schedule.patience + 1 epochs without a lower val loss
+    stalled = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
+               "schedule": {"name": "plateau", "gamma": 0.5, "patience": 1}, "epochs": 6}
+    run_train(make_params(params_raw, {"s": stalled}, patience=0), "s", dataset, tmp_path)
+    lrs = [float(r["lr"]) for r in read_tsv(tmp_path / "p.tsv")]
+    assert lrs == pytest.approx([1e-12, 1e-12, 1e-12, 5e-13, 5e-13, 2.5e-13], rel=1e-9)
+
+
 def test_unknown_strategy_and_arch_fail_before_any_work(params_raw, tmp_path):
     missing = (tmp_path / "no-clean", tmp_path / "no-split")  # never read: checks come first
     params = make_params(params_raw, {"s": {"arch": "resnet19", "weights": "none"}})
@@ -219,7 +240,8 @@ def test_training_under_bf16_autocast_learns_and_is_repeatable(params_raw, datas
 PHASED = {"s": {"arch": "cnn2", "weights": "none", "trainable": "head", "optimizer": "sgd",
                 "lr": 0.05, "momentum": 0.9, "schedule": {"name": "none"}, "epochs": 3,
                 "phases": [{"trainable": "all", "optimizer": "adam", "lr": 0.003,
-                            "schedule": {"name": "cosine"}, "epochs": 6}]}}
+                            "schedule": {"name": "plateau", "gamma": 0.5, "patience": 0},
+                            "epochs": 6}]}}  # the plateau schedule's state is resumed too
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -249,7 +271,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
 
     from conftest import ROOT
     dataset = make_clean_split(tmp_path / "data", per_class=40, val_per_class=10, size=48)
-    params = make_params(params_raw, PHASED, image_size=48)
+    params = make_params(params_raw, PHASED, image_size=48, patience=0)  # all 9 epochs
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     reference = run_train(params, "s", dataset, tmp_path / "ref")  # never interrupted
