@@ -15,7 +15,9 @@ in this order, every command a separate process:
            data/raw, data/extracted, data/clean and data/split and their stages)
   epoch    python -m stages.train scratch with epochs 1 (the shipped cnn3 recipe at 224 px,
            train.resume off): one pass over train plus val, with model build and start-up
-Peak memory is the largest sum of RSS over the process and its children, sampled every 50 ms.
+Peak memory is the largest sum of PSS (proportional set size: a page shared by n processes
+counts 1/n in each, so forked workers are not counted twice) over the process and its
+children, sampled every 50 ms.
 
     .venv/bin/python -m bench.scale_bench --write
 """
@@ -105,7 +107,7 @@ def repo_copy(dst: Path, data: Path) -> Path:
 # ---- one timed process ----------------------------------------------------------------------
 
 def timed(cmd: list[str], cwd: Path) -> dict:
-    """Wall seconds and peak RSS (process + children, sampled every 50 ms) of one command."""
+    """Wall seconds and peak PSS (process + children, sampled every 50 ms) of one command."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -117,7 +119,7 @@ def timed(cmd: list[str], cwd: Path) -> dict:
         while not done.is_set():
             try:
                 procs = [parent, *parent.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs))
+                peak = max(peak, sum(p.memory_full_info().pss for p in procs))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -169,7 +171,7 @@ STEPS = ("clean", "split", "status", "epoch")
 
 
 def table(results: dict) -> str:
-    rows = ["| size | files | kept | " + " | ".join(f"{s} s (median) | {s} peak MiB"
+    rows = ["| size | files | kept | " + " | ".join(f"{s} s (median) | {s} peak MiB (PSS)"
                                                     for s in STEPS) + " |",
             "|---|---:|---:|" + "---:|---:|" * len(STEPS)]
     for size, r in results.items():

@@ -19,9 +19,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image
 
 from stages.params import Clean
 
@@ -193,7 +191,11 @@ def judge_bytes(data: bytes, params: Clean) -> Outcome:
 
 
 def decode_jpeg_bytes(jpeg: bytes) -> torch.Tensor:
-    """(3, H, W) uint8 RGB from JPEG bytes, with the decoder data.ImageDataset uses for files."""
+    """(3, H, W) uint8 RGB from JPEG bytes, with the decoder data.ImageDataset uses for files.
+    torch is imported here, not at the top: clean and its worker processes use this module
+    and should not pay torch's import time and memory in every process."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
     return decode_image(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8),
                         mode=ImageReadMode.RGB)
 

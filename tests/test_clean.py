@@ -435,3 +435,17 @@ def test_copies_across_classes_keep_only_the_first(tmp_path, workers):
     assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*")) == sorted(
         ["a"] + [r["path"].removeprefix("images/") for r in manifest.values()])
 
+
+
+def test_clean_and_its_workers_never_import_torch():
+    """clean runs before any model exists; torch's import time and memory would be paid by the
+    stage process, the forkserver and every worker."""
+    import subprocess
+    probe = ("import sys, stages.clean as c\n"
+             "ctx = c._worker_context()\n"
+             "with ctx.Pool(1) as pool:\n"
+             "    worker = pool.apply(__import__('sys').modules.__contains__, ('torch',))\n"
+             "print('torch' in sys.modules, worker)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
