@@ -71,7 +71,8 @@ def build(src: Path, dst: Path, times: int, seed: int = 0) -> int:
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         if times == 1:
             break
-        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        raw = np.fromfile(path, np.uint8)  # the subset's broken files stay single copies
+        img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None  # (an empty buffer raises)
         if img is None or min(img.shape[:2]) < 64:
             continue
         for j in range(1, times):
