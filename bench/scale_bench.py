@@ -63,23 +63,21 @@ def perturbed(img: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def build(src: Path, dst: Path, times: int, seed: int = 0) -> int:
     """src as shipped plus times-1 perturbed re-encodings of each decodable image; file count."""
-    if (dst / ".complete").exists():
-        return sum(1 for p in dst.rglob("*") if p.is_file()) - 1
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    rng = np.random.default_rng(seed)
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        if times == 1:
-            break
-        raw = np.fromfile(path, np.uint8)  # the subset's broken files stay single copies
-        img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None  # (an empty buffer raises)
-        if img is None or min(img.shape[:2]) < 64:
-            continue
-        for j in range(1, times):
-            out = dst / path.relative_to(src).with_name(f"{path.stem}_v{j}.jpg")
-            out.write_bytes(perturbed(img, rng))
-    (dst / ".complete").touch()
-    return sum(1 for p in dst.rglob("*") if p.is_file()) - 1
+    if not (dst / ".complete").exists():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+        rng = np.random.default_rng(seed)
+        sources = sorted(p for p in src.rglob("*") if p.is_file()) if times > 1 else []
+        for path in sources:
+            raw = np.fromfile(path, np.uint8)  # the subset's broken files stay single copies
+            img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None  # empty: it raises
+            if img is None or min(img.shape[:2]) < 64:
+                continue
+            for j in range(1, times):
+                out = dst / path.relative_to(src).with_name(f"{path.stem}_v{j}.jpg")
+                out.write_bytes(perturbed(img, rng))
+        (dst / ".complete").touch()
+    return sum(1 for p in dst.rglob("*") if p.is_file() and p.name != ".complete")
 
 
 def repo_copy(dst: Path, data: Path) -> Path:
