@@ -36,4 +36,5 @@ Shared modules (imported by stages, never import a stage; each is in its users' 
     figures     deterministic PNG figures (report and predict)
     bundle      a checkpoint, an exported model or an ImageNet backbone, ready to predict
     distributed several training processes (DDP under torchrun's launcher)
+    workers_ignore_sigint  preloaded by clean's forkserver: its workers ignore Ctrl-C from birth
 """

@@ -180,10 +180,11 @@ def _init_worker() -> None:
 
 
 def _init_pool_worker() -> None:
-    _init_worker()
     # Ctrl-C reaches the whole process group: the main process stops the pool and says so once;
-    # a worker caught waiting for work would otherwise print its own KeyboardInterrupt traceback
+    # a worker would otherwise print its own KeyboardInterrupt traceback. Forkserver workers
+    # already ignore it from birth (stages.workers_ignore_sigint); spawned ones from here on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker()
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -197,8 +198,9 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     # every Pillow format plugin: Image.open on a non-image would import them all per worker
     pil_plugins = [f"PIL.{name}" for name in getattr(Image, "_plugins", ())]
-    ctx.set_forkserver_preload(["cv2", "numpy", "PIL.Image", "PIL.ImageOps", "tqdm",
-                                "stages.params", "stages.images", *pil_plugins])
+    ctx.set_forkserver_preload(["stages.workers_ignore_sigint", "cv2", "numpy", "PIL.Image",
+                                "PIL.ImageOps", "tqdm", "stages.params", "stages.images",
+                                *pil_plugins])
     return ctx
 
 

@@ -449,3 +449,17 @@ def test_clean_and_its_workers_never_import_torch():
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_clean_workers_ignore_ctrl_c_from_birth():
+    """Ctrl-C reaches every process in the group; a worker still starting (before any pool
+    initializer runs) must not print a KeyboardInterrupt traceback of its own."""
+    import subprocess
+    probe = ("import signal, stages.clean as c\n"
+             "ctx = c._worker_context()\n"
+             "with ctx.Pool(1) as pool:\n"  # no initializer: what the worker is born with
+             "    print(pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN,\n"
+             "          signal.getsignal(signal.SIGINT) == signal.default_int_handler)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["True", "True"]  # the main process itself still turns Ctrl-C into an error
