@@ -26,6 +26,7 @@ Shared modules (imported by stages, never import a stage; each is in its users' 
     demo        the generated demo dataset (used by download)
     data        split lists, the image Dataset, seeded DataLoaders
     transforms  decoding, train/eval/TTA transforms, normalisation constants
+    archs       the arch names and which have ImageNet weights (no torch: validate uses it)
     models      backbones registry, head swap, trainable selection, checkpoints
     seeds       mean ± std over `train.seeds` runs, one shape for train and evaluate
     formats     official dataset layouts (CIFAR-10 pickles, Oxford Flowers 102) to class folders

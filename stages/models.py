@@ -1,6 +1,7 @@
 """Backbones by name, a generic new head, which parameters train, and checkpoints.
 
-`ARCHS` is the registry: a name in `strategies.<s>.arch` picks a spec that knows how to build
+`ARCHS` is the registry: a name in `strategies.<s>.arch` (the names, and which have ImageNet
+weights, are stages/archs.py, which needs no torch) picks a spec that knows how to build
 the network (optionally with ImageNet weights), the input normalisation those weights expect,
 and the backbone's blocks in forward order (what `trainable: N` counts). The classification head
 is found generically: the last `nn.Linear` in the module tree, replaced by a fresh
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stages import files
+from stages import archs, files
 from stages.errors import StageError
 from stages.transforms import IMAGENET_MEAN, IMAGENET_STD
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
@@ -42,7 +43,6 @@ class ArchSpec:
     mean: tuple[float, float, float]            # input normalisation the weights expect
     std: tuple[float, float, float]
     blocks: Callable[[nn.Module], list[str]]    # backbone blocks in forward order (dotted names)
-    pretrained: bool = True                     # whether ImageNet weights exist for it
 
 
 # ---- torchvision backbones ------------------------------------------------------------------
@@ -166,7 +166,7 @@ class SmallCNN(nn.Module):
 
 def _cnn(n_blocks: int) -> ArchSpec:
     return ArchSpec(make=lambda pretrained: SmallCNN(n_blocks), mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD, blocks=_children("features"), pretrained=False)
+                    std=IMAGENET_STD, blocks=_children("features"))
 
 
 # Normalisation of the packaged EfficientNet-Lite0 weights, measured rather than assumed
@@ -206,17 +206,8 @@ ARCHS: dict[str, ArchSpec] = {
 
 
 def spec(arch: str) -> ArchSpec:
-    if arch not in ARCHS:
-        raise StageError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    archs.check(arch, "none")  # an unknown name -> the error listing every arch
     return ARCHS[arch]
-
-
-def check(arch: str, weights: str) -> None:
-    """Fail before any work when `arch`/`weights` cannot be built."""
-    arch_spec = spec(arch)  # `weights` is already pretrained | none (params.Strategy)
-    if weights == "pretrained" and not arch_spec.pretrained:
-        raise StageError(f"{arch} has no pretrained weights (it is a small CNN for training from "
-                         "scratch); use `weights: none`")
 
 
 class Head(nn.Sequential):
@@ -264,8 +255,8 @@ def build(arch: str, num_classes: int, weights: str, head: Any = None) -> nn.Mod
 
 def backbone(arch: str, weights: str) -> nn.Module:
     """The network as its maker builds it, original (ImageNet, 1000-class) head included."""
-    check(arch, weights)
-    return spec(arch).make(weights == "pretrained")
+    archs.check(arch, weights)
+    return ARCHS[arch].make(weights == "pretrained")
 
 
 def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.Module:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages import data, distributed, files, loop, models, runtime, seeds, transforms
+from stages import archs, data, distributed, files, loop, models, runtime, seeds, transforms
 from stages.errors import StageError, run_main
 from stages.loop import Fit, log as _log
 from stages.params import Params, add_option, load
@@ -153,7 +153,7 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     interrupted run continues from it; the folder is emptied once the outputs are written.
     """
     strategy = params.strategy(strategy_name)       # unknown name -> error listing the names
-    models.check(strategy.arch, strategy.weights)   # unknown arch -> error listing the archs
+    archs.check(strategy.arch, strategy.weights)    # unknown arch -> error listing the archs
     phases = strategy.resolved_phases()
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from stages import files, models
+from stages import archs, files
 from stages.errors import ParamsError, StageError, run_main
 from stages.params import Params, add_option, load
 
@@ -35,11 +35,11 @@ def validate(params_path: str | Path, out: str | Path) -> None:
 
 def _model_problems(params: Params) -> list[str]:
     """What the schema cannot know: each strategy's arch exists and has the weights it asks
-    for (the registry lives in stages/models.py)."""
+    for (the names live in stages/archs.py)."""
     problems = []
     for name, strategy in params.strategies.items():
         try:
-            models.check(strategy.arch, strategy.weights)
+            archs.check(strategy.arch, strategy.weights)
         except StageError as exc:
             problems.append(f"  strategies.{name}.arch: {exc}")
     return problems

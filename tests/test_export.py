@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import bundle, export, models, predict
+from stages import archs, bundle, export, models, predict
 from stages.params import Export
 from conftest import ROOT, checkpoint_meta, make_image_folder, run
 
@@ -25,7 +25,7 @@ def _checkpoint(path: Path, arch: str, head=None, image_size: int = 64) -> Path:
     """A model whose probabilities are far from uniform (a flat softmax would hide mistakes):
     pretrained backbone when there is one, head weights scaled up."""
     torch.manual_seed(0)
-    weights = "pretrained" if models.spec(arch).pretrained else "none"
+    weights = "pretrained" if archs.PRETRAINED[arch] else "none"
     model = models.build(arch, len(CLASSES), weights, head)
     with torch.no_grad():
         model.get_submodule(models.head_name(model)).apply(

@@ -134,3 +134,29 @@ def test_image_size_of_a_dataset_without_one_is_224_and_bad_sizes_are_refused(pa
     params_raw["train"]["image_size"] = 8
     with pytest.raises(P.ParamsError, match="train.image_size"):
         P.validate(params_raw)
+
+
+def test_validate_stage_checks_archs_without_importing_torch(tmp_path):
+    """validate runs before every `dvc repro`; importing torch would be most of its time."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(raw))
+    raw["strategies"]["scratch"]["arch"] = "resnet19"
+    bad.write_text(yaml.safe_dump(raw))
+    probe = ("import sys\n"
+             "from stages import validate\n"
+             "try:\n"
+             "    validate.validate(sys.argv[1], sys.argv[2])\n"
+             "    print('valid')\n"
+             "except Exception as exc:\n"
+             "    print(str(exc).splitlines()[-1].strip())\n"
+             "print('torch' in sys.modules, 'torchvision' in sys.modules)\n")
+    runs = {name: subprocess.run([sys.executable, "-c", probe, str(path), str(tmp_path / name)],
+                                 cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            for name, path in (("good.ok", good), ("bad.ok", bad))}
+    assert runs["good.ok"].splitlines() == ["valid", "False False"]
+    assert (tmp_path / "good.ok").is_file()
+    assert runs["bad.ok"].splitlines()[0].startswith(
+        "strategies.scratch.arch: unknown arch 'resnet19'; choose one of resnet18,")
+    assert runs["bad.ok"].splitlines()[1] == "False False"
+    assert not (tmp_path / "bad.ok").exists()
