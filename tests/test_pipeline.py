@@ -136,19 +136,28 @@ def set_param(repo, strategy, key, value):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_branch_metrics_and_plots_diff(project, tmp_path):
+def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp_path):
+    """A variant tried with `dvc exp run -S`, listed by `dvc exp show`, kept as a git branch
+    (`dvc exp branch`) and compared with main the way users compare branches."""
     repo = copy_of(project, tmp_path / "repo")
-    git(repo, "checkout", "-q", "-b", "lr-change")
-    set_param(repo, "finetune", "lr", 0.05)
-    ran = dvc(repo, "repro").stdout
+    ran = dvc(repo, "exp", "run", "-n", "lr-0.05", "-S", "strategies.finetune.lr=0.05").stdout
     assert "Running stage 'train@finetune'" in ran
     assert "Running stage 'train@scratch'" not in ran        # only what the change touches
-    git(repo, "commit", "-q", "-am", "finetune lr 0.05")
+    shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
+    (row,) = [line for line in shown.splitlines() if "lr-0.05" in line]
+    assert "0.05" in row
+    # the experiment's results are in the workspace, its params applied there too
+    assert "lr: 0.05" in (repo / "params.yaml").read_text()
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
 
+    dvc(repo, "exp", "branch", "lr-0.05", "lr-change")
+    assert "lr: 0.05" in git(repo, "show", "lr-change:params.yaml")
     diff = json.loads(dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--json").stdout)
     for name in STRATEGIES:
         accuracy = diff[f"metrics/eval/{name}.json"]["accuracy"]
         assert accuracy["old"] is not None and accuracy["new"] is not None
+    assert any(v["old"] != v["new"] for v in diff["metrics/train/finetune.json"].values())
+    assert all(v["old"] == v["new"] for v in diff["metrics/train/scratch.json"].values())
     markdown = dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--md").stdout
     assert all(f"metrics/eval/{name}.json" in markdown for name in STRATEGIES)
 
@@ -213,17 +222,6 @@ def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):
     ran = dvc(repo, "repro").stdout
     assert "Running stage" not in ran.replace("Running stage 'validate'", "")
     assert output_bytes(repo) == before
-    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
-
-
-def test_exp_run_with_set_param_is_listed(project, tmp_path):
-    repo = copy_of(project, tmp_path / "repo")
-    dvc(repo, "exp", "run", "-n", "lr-0.02", "-S", "strategies.finetune.lr=0.02")
-    shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
-    (row,) = [line for line in shown.splitlines() if "lr-0.02" in line]
-    assert "0.02" in row
-    # the experiment's results are in the workspace, its params applied there too
-    assert "lr: 0.02" in (repo / "params.yaml").read_text()
     assert json.loads(dvc(repo, "status", "--json").stdout) == {}
 
 
