@@ -2,7 +2,7 @@
 on synthetic data already on the device, EfficientNet-Lite0 (packaged weights) at 224 px.
 
   synthetic   random (B, 3, 224, 224) batches already on the GPU: the model's ceiling (our
-              runtime: autocast at train.precision, channels_last)
+              runtime: autocast at runtime.precision, channels_last)
   ours        stages.train.train on hymenoptera prepared by our own stages (decoded once,
               loader workers, pinned memory), strategy `finetune`
   tutorial    the tutorial's loop on the GPU: ImageFolder, batch 4, every JPEG decoded at full
@@ -56,7 +56,8 @@ def synthetic(rt: runtime.Runtime, batch: int, steps: int) -> float:
 
 def ours(work: Path, device: str, epochs: int, workers: int) -> float:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    raw["train"].update(image_size=IMAGE_SIZE, device=device, workers=workers)
+    raw["train"].update(image_size=IMAGE_SIZE, workers=workers)
+    raw.setdefault("runtime", {})["device"] = device
     raw["strategies"]["finetune"]["epochs"] = epochs
     params = validate(raw, "params.yaml (gpu_bench overrides)")
     got = train("finetune", params, clean_dir=work / "clean", split_dir=work / "split",

@@ -119,7 +119,7 @@ def run_ours(strategy: str, params: Params, work: Path, r: int) -> dict:
                     metrics_path=work / "metrics" / f"{strategy}-{r}-test.json",
                     confusion_path=work / "metrics" / f"{strategy}-{r}-confusion.json",
                     settings=params.evaluate, seed=params.seed, threads=params.threads,
-                    rt=from_params(params.train))
+                    rt=from_params(params.runtime))
     curve = [{k: row[k] for k in ("epoch", "phase", "lr", "train_loss", "val_loss", "val_acc")}
              for row in got["history"]]
     return {"who": "ours", "strategy": strategy, "epochs": got["epochs"],

@@ -52,8 +52,6 @@ import io
 import json
 import multiprocessing
 import os
-import re
-import shutil
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -68,7 +66,7 @@ from tqdm import tqdm
 
 from stages.errors import StageError, run_main
 from stages.params import Clean, add_option, load
-from stages.files import SOURCES, staged_dir, write_text
+from stages.files import SOURCES, staged_dir, write_json, write_text
 from stages.images import REASONS, Outcome, jpeg_complete, judge_bytes  # noqa: F401 (re-exported)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
@@ -298,7 +296,7 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
         (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
                                           encoding="utf-8", newline="")
     write_text(rejected, _csv_text(REJECTED_COLUMNS, rejects))
-    write_text(metrics, json.dumps(summary.metrics(), indent=2) + "\n")
+    write_json(metrics, summary.metrics())
     for cls in summary.empty_classes:
         print(f"warning: class {cls!r} has no usable image left after cleaning "
               f"(see {rejected})", file=sys.stderr)

@@ -2,24 +2,24 @@
 
 Reads `models/<S>.pt` (checkpoint from train), `data/split/classes.json` + `test.csv` and the
 images under `data/clean/`. Writes `metrics/eval/<S>.json` (accuracy, balanced accuracy, macro F1,
-log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the same under `tta`,
-and precision/recall/F1/support per class) and `plots/confusion/<S>.json` (one
+log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the same under `tta`),
+`plots/per_class/<S>.json` (precision/recall/F1/support per class, one record per class: a DVC
+plot, so the metrics stay a handful of columns at 100 classes) and `plots/confusion/<S>.json` (one
 `{"actual", "predicted", "path"}` record per test image, class names, sorted by path, for DVC's
-`confusion` template). Both files are deterministic for the same model, data and params.
+`confusion` template). All are deterministic for the same model, data and params.
 
     python -m stages.evaluate <strategy> --clean data/clean --split data/split \
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
-        --confusion plots/confusion/<strategy>.json
+        --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, log_loss,
                              precision_recall_fscore_support, top_k_accuracy_score)
 from tqdm import tqdm
@@ -134,19 +134,21 @@ def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
 
 def evaluate(*, model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
              confusion_path: Path, settings: Evaluate, seed: int, threads: int,
-             workers: int = 0, rt: runtime.Runtime | None = None) -> dict[str, Any]:
-    """Score `model_path` on data/split's test rows; write the metrics and confusion files and
-    return the metrics dict. `workers` only changes speed, never the output. `rt` (default:
-    CPU, fp32) is where and how the model runs; train.device/precision/... in the stage."""
+             workers: int = 0, rt: runtime.Runtime | None = None,
+             per_class_path: Path | None = None) -> dict[str, Any]:
+    """Score `model_path` on data/split's test rows; write the metrics, confusion and (when
+    given) per-class files and return the metrics dict (with `per_class`). `workers` only changes speed, never the output. `rt` (default:
+    CPU, fp32) is where and how the model runs; runtime.device/precision/... in the stage."""
     rt = rt or runtime.resolve(device="cpu")
     with runtime.torch_state(rt, seed=seed, threads=threads):
         return _evaluate(Path(model_path), Path(clean_dir), Path(split_dir), Path(metrics_path),
-                         Path(confusion_path), settings, seed, workers, rt)
+                         Path(confusion_path), per_class_path and Path(per_class_path),
+                         settings, seed, workers, rt)
 
 
 def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
-              confusion_path: Path, settings: Evaluate, seed: int, workers: int,
-              rt: runtime.Runtime) -> dict:
+              confusion_path: Path, per_class_path: Path | None, settings: Evaluate, seed: int,
+              workers: int, rt: runtime.Runtime) -> dict:
     model, ckpt, classes = _load_model(model_path, split_dir, rt)
     rows = _test_rows(split_dir)
     labels = np.array([label for _, label in rows])
@@ -174,8 +176,17 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
                                         [path for path, _ in rows], classes)
     metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, {k: v for k, v in metrics.items() if k != "per_class"})
+    if per_class_path is not None:
+        write_json(per_class_path, per_class_rows(metrics["per_class"]))
     return metrics
+
+
+def per_class_rows(table: dict[str, dict]) -> list[dict]:
+    """The per-class table as DVC plot records, one per class in class order: a plot, not
+    metrics, so `dvc metrics show` / `dvc exp show` keep one column per headline number
+    instead of four per class."""
+    return [{"class": name, **scores} for name, scores in table.items()]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -187,6 +198,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", type=Path, required=True, help="checkpoint models/<strategy>.pt")
     ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     ap.add_argument("--confusion", type=Path, required=True, help="confusion records to write")
+    ap.add_argument("--per-class", type=Path, required=True,
+                    help="per-class precision/recall/F1/support records to write (a DVC plot)")
     add_option(ap)
     return ap.parse_args(argv)
 
@@ -198,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
                        metrics_path=args.metrics, confusion_path=args.confusion,
                        settings=params.evaluate, seed=params.seed, threads=params.threads,
-                       workers=params.evaluate.workers, rt=runtime.from_params(params.train))
+                       workers=params.evaluate.workers, rt=runtime.from_params(params.runtime),
+                       per_class_path=args.per_class)
     print(f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "
           f"(TTA {metrics['tta']['accuracy']:.4f}), macro F1 {metrics['macro_f1']:.4f}")
 

@@ -22,14 +22,15 @@ anyway, and tracing records timm's TF "same" padding of EfficientNet-Lite0 for t
 (scripting would compile the padding arithmetic; trace is simpler and exact at one size).
 Both are byte-identical run after run, one export per process as the stage does it: within one
 process TorchScript numbers the classes it has already compiled, so a second export there
-differs in those names (and its serialization id), not in the numbers.
+differs in those names (and its serialization id), not in the numbers. They are also the same
+bytes whatever folder the project (and its virtualenv) sits in: the TorchScript archive is
+written without its debug records, which hold absolute source paths.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -70,7 +71,24 @@ def torchscript_bytes(model: torch.nn.Module, size: int) -> bytes:
         traced = torch.jit.trace(model, _example(size), check_inputs=[(_example(size, 2, 1),)])
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
-    return buf.getvalue()
+    return _without_debug_records(buf.getvalue())
+
+
+def _without_debug_records(archive: bytes) -> bytes:
+    """The TorchScript archive less its `*.debug_pkl` records: those hold source ranges with the
+    absolute path of every traced module's file (the virtualenv's site-packages), so the bytes
+    would depend on where the project sits. torch.jit.load needs none of them (an error inside
+    the model then names no Python source line). Copied with torch's own archive writer, so the
+    layout (record alignment, version, serialization id) stays torch's."""
+    reader = torch._C.PyTorchFileReader(io.BytesIO(archive))
+    out = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(out)
+    for name in reader.get_all_records():
+        if not name.endswith(".debug_pkl"):
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    return out.getvalue()
 
 
 def _probs(fn, x: torch.Tensor) -> np.ndarray:
@@ -97,22 +115,13 @@ def export(*, model_path: Path, strategy: str, out: Path, settings: Export) -> d
     written and checked); return the parity check's max differences."""
     model, ckpt = models.load_checkpoint(model_path)
     size = int(ckpt["transform"]["image_size"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the published folder private
-    try:
+    with files.staged_dir(Path(out)) as tmp:  # swapped in once both files pass the check
         blobs = {ONNX_FILE: ("onnx", onnx_bytes(model, size, settings.opset)),
                  TORCHSCRIPT_FILE: ("torchscript", torchscript_bytes(model, size))}
         for name, (fmt, blob) in blobs.items():
             (tmp / name).write_bytes(blob)
-            side = bundles.sidecar_path(tmp / name)
-            files.write_json(side, bundles.sidecar(ckpt, fmt, strategy))
-            side.chmod(0o644)  # shipped beside the model: readable like it
+            files.write_json(bundles.sidecar_path(tmp / name), bundles.sidecar(ckpt, fmt, strategy))
         diffs = _check(tmp, model, size, settings.tolerance)
-        files.replace_dir(tmp, out)
-    finally:
-        files.remove(tmp)
     return diffs
 
 

@@ -1,7 +1,8 @@
 """Writing stage outputs so that an interrupted run leaves the previous output (or none), never a
 half-written one: a folder is built beside its final place and swapped in by renames
-(`staged_dir`), a file is written to a temporary name in the same folder and renamed over the old
-one (`write_text`, `write_json`).
+(`staged_dir`), a file is written in a temporary folder beside it and renamed over the old one
+(`written`, and `write_bytes`, `write_text`, `write_json` on top of it). Every output of every
+stage is written through one of these two.
 
 Temporaries are named `.<name>.tmp-<pid>...` (git-ignored). A run killed with SIGKILL cannot
 delete its own, so every write first removes those whose process is gone (`remove_stale`).
@@ -12,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,28 +79,65 @@ def replace_dir(tmp: Path, out: Path) -> None:
 
 
 @contextmanager
+def _disk_errors(out: Path, folder: Path) -> Iterator[None]:
+    """A full, read-only or forbidden file system while writing `out` becomes a StageError
+    naming `folder` (the output folder, or a file's parent)."""
+    try:
+        yield
+    except OSError as exc:
+        err = disk_error(exc, folder) if _writing(exc, out) else None
+        if err is None:
+            raise  # not this output's file system (an input, a bug): run_main judges it
+        raise err from None
+
+
+@contextmanager
+def _temporary_dir(out: Path) -> Iterator[Path]:
+    """An empty `.<name>.tmp-<pid>` folder beside `out` (what killed runs left removed first),
+    deleted when the block ends unless it was moved away."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    # a plain mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and this folder (or
+    # what is written in it) becomes the output; the pid makes the name unique among live
+    # processes
+    tmp = out.with_name(f"{_tmp_prefix(out)}{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        remove(tmp)  # already gone after a successful swap
+
+
+@contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """An empty folder beside `out` to build the new output in; it replaces `out` when the
     block ends normally and is deleted when it raises (or is interrupted), leaving `out` as it
     was. A full, read-only or forbidden file system raises StageError naming `out`."""
     out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(out)
-        # a plain mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and this folder
-        # becomes the output; the pid makes the name unique among live processes
-        tmp = out.with_name(f"{_tmp_prefix(out)}{os.getpid()}")
-        tmp.mkdir()
+    with _disk_errors(out, out), _temporary_dir(out) as tmp:
+        yield tmp
+        replace_dir(tmp, out)
+
+
+@contextmanager
+def written(path: Path) -> Iterator[Path]:
+    """The one temporary-then-rename rule for a file: yields where to write `path`'s new content
+    (the same file name, in a `.<name>.tmp-<pid>` folder beside it: torch.save records the name
+    inside its zip), moved over `path` when the block ends normally, deleted when it raises or
+    is interrupted. A full or read-only disk raises StageError naming the folder, also when it
+    reaches us as torch's RuntimeError from its zip writer."""
+    path = Path(path)
+    with _disk_errors(path, path.parent), _temporary_dir(path) as tmp:
         try:
-            yield tmp
-            replace_dir(tmp, out)
-        finally:
-            remove(tmp)  # already gone after a successful swap
-    except OSError as exc:
-        err = disk_error(exc, out) if _writing(exc, out) else None
-        if err is None:
-            raise  # not this output's file system (an input, a bug): run_main judges it
-        raise err from None
+            yield tmp / path.name
+        except RuntimeError as exc:  # torch.save's zip writer reports a failed write() so
+            if "write" not in str(exc).lower():
+                raise
+            free = shutil.disk_usage(path.parent).free
+            raise StageError(f"cannot write in {path.parent}: writing {path.name} failed "
+                             f"({free // 1024} KiB free); free some space there and re-run"
+                             ) from None
+        os.replace(tmp / path.name, path)
 
 
 def _writing(exc: OSError, out: Path) -> bool:
@@ -117,19 +154,17 @@ def _writing(exc: OSError, out: Path) -> bool:
     return False
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable as open() would make it."""
+    with written(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write `text` (UTF-8, \\n line ends) to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_tmp_prefix(path)}{os.getpid()}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+    with written(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def json_text(obj: Any) -> str:

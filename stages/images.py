@@ -6,7 +6,8 @@ data/clean; train and evaluate decode those files. `predict` and `export`'s chec
 function on a user's photo (`model_input`), with the clean settings the checkpoint recorded, so a
 photo reaches the network exactly as a training image did: EXIF orientation applied, converted to
 RGB (transparency on white), downscaled with INTER_AREA, JPEG-encoded at `clean.jpeg_quality` and
-decoded again by torchvision. The checks and reasons are described in stages/clean.py.
+decoded again with `transforms.decode`, the one decoder training uses too. The checks and reasons
+are described in stages/clean.py.
 """
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
 from stages.params import Clean
+
+if TYPE_CHECKING:  # annotations only: clean's processes never import torch
+    import torch
 
 REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
            "duplicate")
@@ -190,14 +195,32 @@ def judge_bytes(data: bytes, params: Clean) -> Outcome:
     return Outcome(sha, jpeg=jpeg, width=w, height=h)
 
 
-def decode_jpeg_bytes(jpeg: bytes) -> torch.Tensor:
-    """(3, H, W) uint8 RGB from JPEG bytes, with the decoder data.ImageDataset uses for files.
-    torch is imported here, not at the top: clean and its worker processes use this module
-    and should not pay torch's import time and memory in every process."""
+def decode(data: bytes, name: str | Path = "image") -> np.ndarray:
+    """The one decoder of what the network sees: image bytes to (H, W, 3) uint8 RGB; ValueError
+    naming `name` when OpenCV cannot decode them. Training and evaluation read data/clean's
+    JPEGs with it (transforms.read_image), predict the JPEG `judge_bytes` makes of a photo.
+
+    On the 1082 JPEGs clean wrote from ../shared/datasets (hymenoptera and the PetImages subset)
+    every pixel equals torchvision.io.decode_image's (deprecated in the pinned torchvision). EXIF
+    orientation is not applied: clean writes upright images without EXIF."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buf.size else None
+    if bgr is None:
+        raise ValueError(f"{name}: OpenCV cannot decode it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) uint8 tensor. torch is imported here, not at the top: clean
+    and its worker processes use this module and should not pay torch's import time and memory
+    in every process."""
     import torch
-    from torchvision.io import ImageReadMode, decode_image
-    return decode_image(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8),
-                        mode=ImageReadMode.RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def decode_jpeg_bytes(jpeg: bytes) -> torch.Tensor:
+    """(3, H, W) uint8 RGB from JPEG bytes, decoded as data.ImageDataset decodes files."""
+    return to_tensor(decode(jpeg))
 
 
 def model_input(data: bytes, params: Clean) -> tuple[Optional[torch.Tensor], Outcome]:

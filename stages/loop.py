@@ -11,7 +11,6 @@ fingerprint is discarded. The stage removes the file once its outputs are writte
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -213,18 +212,10 @@ class Resume:
         return state
 
     def save(self, state: dict) -> None:
-        """Atomically: a kill at any moment leaves the previous epoch's state or this one
-        (and at worst a `.<name>.tmp-<pid>` that the next save removes, as stages/files.py
-        names and clears temporaries)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        files.remove_stale(self.path)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        try:
+        """Atomically (files.written): a kill at any moment leaves the previous epoch's state
+        or this one, and at worst a temporary that the next save removes."""
+        with files.written(self.path) as tmp:
             torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

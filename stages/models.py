@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import socket
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,22 +376,15 @@ def train_mode(model: nn.Module) -> nn.Module:
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     """Atomically write {**meta, "state_dict"} (see docs/pipeline.md) to `path`.
 
-    torch.save records the file name inside its zip, so the file is written under its final
-    name in a temporary folder beside `path` and then moved: same tensors -> same bytes.
+    torch.save records the file name inside its zip; `files.written` writes it under its final
+    name in a temporary folder beside `path` and then moves it: same tensors -> same bytes.
     """
     missing = [k for k in CHECKPOINT_KEYS if k not in meta]
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = cpu_state(model.state_dict())
-    files.remove_stale(path)  # what runs killed while saving left
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
-    try:
-        torch.save({**meta, "state_dict": state}, tmp / path.name)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with files.written(Path(path)) as tmp:
+        torch.save({**meta, "state_dict": state}, tmp)
 
 
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

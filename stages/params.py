@@ -22,7 +22,10 @@ Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 SplitName = Literal["train", "val", "test"]
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # train.device: auto | cpu | cuda | cuda:N
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # runtime.device: auto | cpu | cuda | cuda:N
+# Keys that change how fast a stage runs, never its outputs: dvc.yaml tracks none of them, so
+# raising one re-runs nothing (tests/test_dvc_yaml.py holds both to this list).
+SPEED_ONLY = ("clean.workers", "train.workers", "train.resume", "evaluate.workers")
 # How a dataset's archives become class folders (keys of stages.formats.CONVERTERS, plus the
 # default `folders`: they already are class folders).
 DatasetFormat = Literal["folders", "cifar10", "flowers102"]
@@ -126,14 +129,18 @@ class Augment(Section):
         return self
 
 
-class Train(Section):
-    image_size: Union[Literal["auto"], ImageSize] = "auto"
-    batch_size: int = Field(32, ge=1, le=4096)
-    workers: int = Field(0, ge=0, le=64)
+class Runtime(Section):
+    """Where and how models run: shared by train, evaluate and predict."""
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     deterministic: bool = True
+
+
+class Train(Section):
+    image_size: Union[Literal["auto"], ImageSize] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
+    workers: int = Field(0, ge=0, le=64)
     select: Literal["val_acc", "val_loss"] = "val_acc"
     patience: int = Field(4, ge=0)
     target_acc: Probability = 1.0
@@ -277,6 +284,9 @@ class Export(Section):
 class Check(Section):
     """Tolerances for `make check` (tools/check.py)."""
     data_stages: list[str] = ["download", "extract", "clean", "split"]
+    images: int = Field(3, ge=0)  # a score counted on images may move by this many images
+    counts: str = Field("metrics/split.json", min_length=1)  # where the split's counts are
+    counted_on: dict[str, SplitName] = {}  # "<file>:<key>" pattern -> the split it counts
     tolerance: float = Field(0.02, ge=0)
     tolerances: dict[str, Annotated[float, Field(ge=0)]] = {}
     ignore: list[str] = []
@@ -285,6 +295,7 @@ class Check(Section):
 class Params(Section):
     seed: int = Field(0, ge=0, lt=2**32)
     threads: int = Field(2, ge=1, le=256)
+    runtime: Runtime = Runtime()
     datasets: dict[str, Dataset] = Field(min_length=1)
     dataset: str  # after `datasets`, so its check can see the entries
     download: Download = Download()

@@ -183,24 +183,20 @@ def gather(out: Path, params: Params) -> int:
     """Fill `out` with the images to classify: a copy of `predict.images` (under its folder
     name) and `predict.demo_images` fresh demo images under demo/. Returns how many files."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    files.remove(tmp)
-    tmp.mkdir(parents=True)
     source = params.predict.images
-    if source is not None:
-        src = Path(source)
-        if not src.is_dir():
-            raise StageError(f"predict.images: {source} is not a folder; give a folder of "
-                             "images, or null for none")
-        shutil.copytree(src, tmp / src.name)
-    generate = params.active_dataset.generate
-    if generate is not None and params.predict.demo_images:
-        made = demo.unlabelled_images(classes=generate.classes, n=params.predict.demo_images,
-                                      size=generate.size, seed=params.seed)
-        (tmp / "demo").mkdir()
-        for name, data in made.items():
-            (tmp / "demo" / name).write_bytes(data)
-    files.replace_dir(tmp, out)
+    if source is not None and not Path(source).is_dir():
+        raise StageError(f"predict.images: {source} is not a folder; give a folder of "
+                         "images, or null for none")
+    with files.staged_dir(out) as tmp:
+        if source is not None:
+            shutil.copytree(source, tmp / Path(source).name)
+        generate = params.active_dataset.generate
+        if generate is not None and params.predict.demo_images:
+            made = demo.unlabelled_images(classes=generate.classes, n=params.predict.demo_images,
+                                          size=generate.size, seed=params.seed)
+            (tmp / "demo").mkdir()
+            for name, data in made.items():
+                (tmp / "demo" / name).write_bytes(data)
     return sum(1 for p in out.rglob("*") if p.is_file())
 
 
@@ -228,7 +224,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="the pretrained backbone's own ImageNet classes, before any transfer")
     ap.add_argument("--arch", help="backbone for --imagenet (default: the model's arch, or "
                     "efficientnet_lite0 when there is no model)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: runtime.device with "
+                    "--params, else auto)")
     ap.add_argument("--params", type=Path, help="params.yaml: settings from `predict:` (stage)")
     ap.add_argument("--unlabelled", type=Path, help="stage: fill this folder (predict.images, "
                     "demo images) and classify what is in it")
@@ -263,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = params.predict if params else None
     top_k = args.top_k or (5 if args.imagenet else settings.top_k if settings else DEFAULT_TOP_K)
     tta = args.tta if args.tta is not None else bool(settings and settings.tta)
-    rt = runtime.from_params(params.train) if params else runtime.resolve(device=args.device)
+    rt = runtime.from_params(params.runtime, device=args.device) if params else \
+        runtime.resolve(device=args.device or "auto")
     threads = params.threads if params else torch.get_num_threads()
     paths, root = list(args.paths), None
     if args.unlabelled is not None:

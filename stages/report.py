@@ -60,6 +60,7 @@ class Run:
     curves: list[dict[str, str]]   # plots/train/S.tsv rows
     eval: dict[str, Any]           # metrics/eval/S.json
     confusion: list[dict[str, str]]  # plots/confusion/S.json records
+    per_class: list[dict[str, Any]]  # plots/per_class/S.json records, in class order
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
 
 
 def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, train_plots: Path,
-              eval_metrics: Path, confusion: Path) -> list[Run]:
+              eval_metrics: Path, confusion: Path, per_class: Path) -> list[Run]:
     """One Run per strategy name, in the given order; a missing file names the stage to run."""
     runs = []
     for name in names:
@@ -82,7 +83,8 @@ def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, trai
             train=files.read_json(train_metrics / f"{name}.json", f"train@{name}"),
             curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
             eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
-            confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}")))
+            confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}"),
+            per_class=files.read_json(per_class / f"{name}.json", f"evaluate@{name}")))
     return runs
 
 
@@ -165,8 +167,8 @@ def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, C
                     predictions: Sequence[dict[str, str]]) -> str:
     header = ["strategy", "arch", "weights", "trainable params", "epochs run", "best val acc",
               "test accuracy", "TTA accuracy", "macro-F1", "balanced acc"]
-    per_class = [[c, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}",
-                  s["support"]] for c, s in best.eval["per_class"].items()]
+    per_class = [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
+                  r["support"]] for r in best.per_class]
     lines = [
         f"# transferline report: {dataset}", "",
         f"{len(classes)} classes: {', '.join(classes)}.", "",
@@ -316,7 +318,7 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
 # ---- the stage ------------------------------------------------------------------------------
 
 def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
-           eval_metrics: Path, confusion: Path, best: Path, predictions: Path,
+           eval_metrics: Path, confusion: Path, per_class: Path, best: Path, predictions: Path,
            predictions_gallery: Path, out: Path, figures: Path,
            params: Params) -> dict[str, Any]:
     """Write report.md and its figures; return the best strategy, the table rows and the
@@ -325,7 +327,7 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     clean_dir, split_dir, out, figures = map(Path, (clean_dir, split_dir, out, figures))
     runs = load_runs(list(params.strategies), params, train_metrics=Path(train_metrics),
                      train_plots=Path(train_plots), eval_metrics=Path(eval_metrics),
-                     confusion=Path(confusion))
+                     confusion=Path(confusion), per_class=Path(per_class))
     classes = data.read_classes(split_dir)
     rows = {s: [{"path": path, "class": classes[label]}
                 for path, label in data.read_rows(split_dir, s)] for s in SPLITS}
@@ -364,6 +366,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        ("--train-plots", "folder of plots/train/<strategy>.tsv"),
                        ("--eval-metrics", "folder of metrics/eval/<strategy>.json"),
                        ("--confusion", "folder of plots/confusion/<strategy>.json"),
+                       ("--per-class", "folder of plots/per_class/<strategy>.json"),
                        ("--best", "metrics/best.json (the select stage's choice)"),
                        ("--predictions", "reports/predictions.csv (the predict stage)"),
                        ("--predictions-gallery", "its PNG, linked from the report"),
@@ -380,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = report(clean_dir=args.clean, split_dir=args.split,
                     train_metrics=args.train_metrics, train_plots=args.train_plots,
                     eval_metrics=args.eval_metrics, confusion=args.confusion,
+                    per_class=args.per_class,
                     best=args.best, predictions=args.predictions,
                     predictions_gallery=args.predictions_gallery, out=args.out,
                     figures=args.figures, params=params)

@@ -1,7 +1,7 @@
 """Where and how tensors run: device (with an index), precision, memory format, threads and
 determinism, in one place that train, evaluate and predict share.
 
-    rt = runtime.from_params(params.train)       # train.device / precision / channels_last /
+    rt = runtime.from_params(params.runtime)     # runtime.device / precision / channels_last /
     with runtime.torch_state(rt, seed=0, threads=2):  # deterministic
         model = rt.place(model)
         with rt.autocast():
@@ -102,10 +102,11 @@ def resolve(*, device: str = "auto", precision: str = "auto", channels_last: boo
     return Runtime(dev, _amp_dtype(precision, dev), channels_last, deterministic)
 
 
-def from_params(train_p) -> Runtime:
-    """The runtime params.yaml's `train:` section asks for."""
-    return resolve(device=train_p.device, precision=train_p.precision,
-                   channels_last=train_p.channels_last, deterministic=train_p.deterministic)
+def from_params(runtime_p, *, device: str | None = None) -> Runtime:
+    """The runtime params.yaml's `runtime:` section asks for; `device` overrides its device
+    (predict's --device)."""
+    return resolve(device=device or runtime_p.device, precision=runtime_p.precision,
+                   channels_last=runtime_p.channels_last, deterministic=runtime_p.deterministic)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from torch import nn
 from stages import archs, data, distributed, files, loop, models, runtime, seeds, transforms
 from stages.errors import StageError, run_main
 from stages.loop import Fit, log as _log
+from stages.params import SPEED_ONLY as SPEED_ONLY_KEYS
 from stages.params import Params, add_option, load
 from stages.runtime import Runtime, from_params, torch_state
 from stages.transforms import eval_transform, resize_size, train_transform
@@ -39,7 +40,8 @@ PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "
 SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
 # train.* keys that change speed or bookkeeping, never the weights: left out of the checkpoint
 # and of the resume fingerprint
-SPEED_ONLY = {"workers", "resume"}
+# train.* keys that change speed only (params.SPEED_ONLY): not part of what a run depends on
+SPEED_ONLY = {key.split(".", 1)[1] for key in SPEED_ONLY_KEYS if key.startswith("train.")}
 # the code a resume state must have been written by (a change starts the run from scratch)
 ENGINE_MODULES = (loop, models, data, runtime, transforms)
 
@@ -128,7 +130,8 @@ def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit,
             "strategy": {"name": strategy_name, "arch": strategy.arch,
                          "weights": strategy.weights, "cache_features": strategy.cache_features,
                          "phases": [p.model_dump() for p in strategy.resolved_phases()],
-                         "seed": params.seed, "train": tp.model_dump(exclude=SPEED_ONLY)},
+                         "seed": params.seed, "train": tp.model_dump(exclude=SPEED_ONLY),
+                         "runtime": params.runtime.model_dump()},
             "best_epoch": fit.best["epoch"], "select": tp.select}))
     if extra:  # the other seeds' runs: (model, fit, steps) each
         meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
@@ -158,7 +161,7 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
     _check_rows(rows, classes, split_dir)
-    rt = from_params(params.train)
+    rt = from_params(params.runtime)
     start = time.perf_counter()
     datasets = _datasets(params, strategy, rows, clean_dir)
     resumes = _resumes(resume_dir, params, strategy_name, classes, rows, clean_dir)
@@ -208,7 +211,8 @@ def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -
     classes and rows, every image's bytes, the engine's code and torch's version."""
     strategy = params.strategy(strategy_name)
     config = {"strategy": strategy.model_dump(), "seed": params.seed, "threads": params.threads,
-              "train": params.train.model_dump(exclude=SPEED_ONLY), "classes": list(classes),
+              "train": params.train.model_dump(exclude=SPEED_ONLY),
+              "runtime": params.runtime.model_dump(), "classes": list(classes),
               "rows": rows, "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for module in ENGINE_MODULES:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import torch
 from torchvision.transforms import v2
+
+from stages import images
 
 # Input normalisation of ImageNet-trained weights (torchvision's), also the small CNNs' default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,17 +24,13 @@ CROP_PCT = 0.875
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor; ValueError when it cannot be.
-
-    OpenCV, as clean uses: on the 1082 JPEGs clean wrote from ../shared/datasets (hymenoptera
-    and the PetImages subset) every pixel equals torchvision.io.decode_image's (deprecated in
-    the pinned torchvision). EXIF orientation is not applied: clean writes upright images
-    without EXIF, and the old decoder did not apply it either."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ValueError(f"{path}: OpenCV cannot read or decode it")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # (H, W, 3) uint8
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    """A file's bytes through `images.decode`, the one decoder of what the network sees, as a
+    (3, H, W) uint8 RGB tensor; ValueError naming the file when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
+    return images.to_tensor(images.decode(data, path))
 
 
 def resize_size(image_size: int) -> int:

@@ -193,12 +193,13 @@ def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple
     return clean, split
 
 
-def make_params(params_raw: dict, strategies: dict, **train) -> object:
+def make_params(params_raw: dict, strategies: dict, runtime: dict | None = None,
+                **train) -> object:
     """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
     raw = dict(params_raw)
     raw["threads"] = 1
-    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0,
-                    "device": "cpu", **train}
+    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 8, "workers": 0, **train}
+    raw["runtime"] = {**raw.get("runtime", {}), "device": "cpu", **(runtime or {})}
     raw["strategies"] = strategies
     return P.validate(raw)
 

@@ -1,6 +1,7 @@
 """tools/check.py on a small real git + DVC repo: an honest revision reproduces (exit 0); a
 hand-altered metric, a metrics file missing from the commit, or non-deterministic data output
 each fail (exit 1) and are named in the table."""
+import json
 import os
 import sys
 
@@ -20,9 +21,12 @@ json.dump({"accuracy": 0.9, "log_loss": 0.3, "best_epoch": 3},
 """
 
 
-def toy_repo(path, params_raw, nondeterministic=False):
+def toy_repo(path, params_raw, nondeterministic=False, counts=None):
     path.mkdir()
     (path / "make_data.py").write_text(MAKE_DATA)
+    if counts is not None:  # the split's image counts the tolerances are derived from
+        (path / "metrics").mkdir()
+        (path / "metrics" / "split.json").write_text(json.dumps(counts))
     (path / "score.py").write_text(SCORE)
     params_raw["check"]["data_stages"] = ["prepare"]
     (path / "params.yaml").write_text(yaml.safe_dump(params_raw))
@@ -85,3 +89,76 @@ def test_nondeterministic_data_stage_is_drift(tmp_path, params_raw):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("prepare:data.txt")]
     assert line.endswith("DRIFT")
+
+
+# ---- tolerances stated in images --------------------------------------------------------------
+
+def shipped_check():
+    from stages.params import load
+    return load(ROOT / "params.yaml").check
+
+
+COUNTS = {"test": {"total": 72, "classes": {"a": 24, "b": 24, "c": 24}},
+          "val": {"total": 30, "classes": {"a": 10, "b": 10, "c": 10}}}
+
+
+def test_scores_move_by_the_stated_number_of_images():
+    from tools.check import split_counts, tolerance_for
+    check, counts = shipped_check(), split_counts(COUNTS)
+    k = check.images
+    assert k >= 1
+    assert tolerance_for("metrics/eval/finetune.json:accuracy", check, counts) == \
+        round(k / 72, 6)
+    assert tolerance_for("metrics/eval/finetune.json:tta.accuracy", check, counts) == \
+        round(k / 72, 6)
+    assert tolerance_for("metrics/eval/finetune.json:balanced_accuracy", check, counts) == \
+        round(k / (3 * 24), 6)
+    assert tolerance_for("metrics/eval/finetune.json:macro_f1", check, counts) == \
+        round(4 * k / (3 * 24), 6)
+    assert tolerance_for("metrics/train/finetune.json:best_val_acc", check, counts) == \
+        round(k / 30, 6)
+    assert tolerance_for("metrics/best.json:candidates.partial.val_acc", check, counts) == \
+        round(k / 30, 6)
+    assert tolerance_for("metrics/best.json:test.accuracy", check, counts) == round(k / 72, 6)
+    # not counted on images: their own absolute tolerances, or not compared
+    assert tolerance_for("metrics/eval/finetune.json:log_loss", check, counts) == 0.1
+    assert tolerance_for("metrics/split.json:test.total", check, counts) == 0
+    assert tolerance_for("metrics/train/finetune.json:trainable_params", check, counts) == 0
+    assert tolerance_for("metrics/train/finetune.json:best_epoch", check, counts) is None
+
+
+def test_macro_f1_bound_holds_for_every_single_flip():
+    """The bound is a bound: flipping any one prediction of a real labelling never moves macro
+    F1 by more than one image's worth (4 / (C * n_min))."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+    from tools.check import Counts
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), [5, 8, 11])
+    counts = Counts(len(labels), {str(c): int((labels == c).sum()) for c in range(3)})
+    one_image = 4 / (3 * counts.smallest)
+    for _ in range(20):
+        preds = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, 3, len(labels)))
+        base = f1_score(labels, preds, average="macro", zero_division=0)
+        for i in range(len(labels)):
+            for new in range(3):
+                flipped = preds.copy()
+                flipped[i] = new
+                moved = abs(f1_score(labels, flipped, average="macro", zero_division=0) - base)
+                assert moved <= one_image + 1e-12
+
+
+@pytest.mark.slow
+def test_a_change_of_one_image_more_than_stated_is_drift(tmp_path, params_raw):
+    """The toy repo scores 0.9 on a 10-image test split: `images` k allows k/10 either way."""
+    k = params_raw["check"]["images"]
+    params_raw["check"]["counted_on"] = {"metrics/score.json:*": "test"}
+    repo = toy_repo(tmp_path / "repo", params_raw, counts={"test": {
+        "total": 10, "classes": {"x": 5, "y": 5}}})
+    (repo / "metrics/score.json").write_text(
+        json.dumps({"accuracy": round(0.9 - (k + 1) / 10, 6), "log_loss": 0.3}))
+    run(["git", "commit", "-qam", "worse by k + 1 images"], repo)
+    proc = check(repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("metrics/score.json:accuracy")]
+    assert line.split()[-2:] == [f"{k / 10:.6g}", "DRIFT"]

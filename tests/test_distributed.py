@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +77,8 @@ def params_file(params_raw, tmp_path: Path, nproc: int) -> Path:
     raw = dict(params_raw)
     raw.update(threads=2, strategies={k: v for k, (v, _) in STRATEGIES.items()})
     raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 16, "workers": 0,
-                    "device": "cpu", "nproc": nproc}
+                    "nproc": nproc}
+    raw["runtime"] = {**raw.get("runtime", {}), "device": "cpu"}
     validate(raw)
     path = tmp_path / f"params-{nproc}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -139,7 +139,9 @@ def test_a_crashed_rank_ends_the_run_and_keeps_the_previous_outputs(params_raw, 
                                                                     tmp_path):
     params = params_file(params_raw, tmp_path, 2)
     raw = yaml.safe_load(params.read_text())
-    raw["strategies"]["all"]["epochs"] = 200  # long enough to be killed mid-run
+    # nothing may end the run before the kill: a cap far away, early stopping off
+    raw["strategies"]["all"]["epochs"] = 1000
+    raw["train"].update(patience=0, target_acc=1.0)
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
     out.mkdir()
@@ -148,15 +150,20 @@ def test_a_crashed_rank_ends_the_run_and_keeps_the_previous_outputs(params_raw, 
         (out / f).write_bytes(content)
     proc = subprocess.Popen(train_cmd("all", params, dataset, out), cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)
-    # torchrun's agent runs in this process and starts the ranks as its children
-    deadline, victim = time.monotonic() + 120, None
-    while victim is None:
-        assert time.monotonic() < deadline and proc.poll() is None, "rank 1 never started"
-        victim = rank_pid(proc.pid, 1)
-        time.sleep(0.05)
-    time.sleep(3)  # into training
+    # Wait for an event, not a number of seconds: the first finished epoch's log line proves
+    # both ranks are inside training (rank 0 logs after the epoch's all-reduce).
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "(phase 1)" in line and "train loss" in line:
+            break
+    else:
+        pytest.fail("the run ended before its first epoch:\n" + "".join(lines))
+    victim = rank_pid(proc.pid, 1)  # torchrun's agent runs in this process, ranks are children
+    assert victim is not None, "rank 1 is not running after the first epoch"
     os.kill(victim, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=300)
+    stderr = "".join(lines) + rest
     assert proc.returncode == 2, stderr
     assert "rank 1 (exit code -9) of 2 processes failed" in stderr
     assert "Traceback" not in stderr.split("error:")[-1]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from stages.params import SPEED_ONLY
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -100,3 +101,24 @@ def test_training_resume_state_lives_outside_every_output_and_git():
     ignored = subprocess.run(["git", "check-ignore", "-q", str(resume / "finetune" / "seed0.pt")],
                              cwd=ROOT)
     assert ignored.returncode == 0, f"{resume} must be git-ignored"
+
+
+# the sections whose keys a stage reads: it tracks each of them, except the speed-only ones
+READS = {"clean": ["clean"], "train": ["clean", "train"], "evaluate": ["evaluate"]}
+
+
+@pytest.mark.parametrize("name", sorted(READS))
+def test_stages_track_exactly_the_keys_that_change_their_outputs(name):
+    tracked = {p for p in stage_body(name)["params"] if isinstance(p, str)}
+    for section in READS[name]:
+        assert section not in tracked, f"{name}: track {section}'s keys one by one"
+        wanted = {f"{section}.{key}" for key in PARAMS[section]} - set(SPEED_ONLY)
+        got = {key for key in tracked if key.startswith(f"{section}.")}
+        assert got == wanted, f"{name}: missing {sorted(wanted - got)}, extra {sorted(got - wanted)}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_no_stage_tracks_a_speed_only_key(name):
+    tracked = {p for p in stage_body(name).get("params", []) if isinstance(p, str)}
+    for key in SPEED_ONLY:
+        assert key not in tracked and key.split(".")[0] not in tracked, (name, key)

@@ -19,7 +19,6 @@ from stages import models, transforms
 from stages.inference import predict_probs
 from stages.evaluate import compute_metrics, confusion_records, evaluate, scores
 from stages.errors import StageError
-from stages.files import write_json
 from stages.params import validate
 from conftest import ROOT, checkpoint_meta, make_image_folder
 
@@ -200,6 +199,7 @@ def run_evaluate(root: Path, params, tag="out", model="m.pt", split="split"):
     return evaluate(model_path=root / model, clean_dir=root / "clean", split_dir=root / split,
                     metrics_path=root / tag / "metrics.json",
                     confusion_path=root / tag / "confusion.json",
+                    per_class_path=root / tag / "per_class.json",
                     settings=params.evaluate.model_copy(update={"batch_size": 5}),
                     seed=params.seed, threads=1)
 
@@ -208,11 +208,14 @@ def test_evaluate_end_to_end_writes_contract_files(tiny):
     root, rows, params = tiny
     metrics = run_evaluate(root, params)
     on_disk = json.loads((root / "out" / "metrics.json").read_text())
-    assert on_disk == metrics
-    assert flat_keys(on_disk) == (TOP_KEYS | {f"tta.{k}" for k in TOP_KEYS}
-                                  | {f"per_class.{c}.{k}" for c in "abc"
-                                     for k in PER_CLASS_KEYS})  # 3 classes <= top_k: no top-k
-    assert [on_disk["per_class"][c]["support"] for c in "abc"] == [4, 4, 4]
+    # the headline numbers only: per-class scores are a plot, not columns of `dvc metrics show`
+    assert on_disk == {k: v for k, v in metrics.items() if k != "per_class"}
+    assert flat_keys(on_disk) == (TOP_KEYS | {f"tta.{k}" for k in TOP_KEYS})  # 3 <= top_k
+    table = json.loads((root / "out" / "per_class.json").read_text())
+    assert [r["class"] for r in table] == ["a", "b", "c"]
+    assert all(set(r) == PER_CLASS_KEYS | {"class"} for r in table)
+    assert [r["support"] for r in table] == [4, 4, 4]
+    assert table == [{"class": c, **metrics["per_class"][c]} for c in "abc"]
     records = json.loads((root / "out" / "confusion.json").read_text())
     assert [r["path"] for r in records] == [p for p, _ in rows]
     assert {r["actual"] for r in records} == {"a", "b", "c"}
@@ -221,7 +224,7 @@ def test_evaluate_end_to_end_writes_contract_files(tiny):
     assert on_disk["accuracy"] == pytest.approx(acc, abs=1e-6)
     # deterministic: a second run writes the same bytes
     run_evaluate(root, params, tag="again")
-    for name in ("metrics.json", "confusion.json"):
+    for name in ("metrics.json", "confusion.json", "per_class.json"):
         assert (root / "out" / name).read_bytes() == (root / "again" / name).read_bytes()
 
 
@@ -243,7 +246,8 @@ def test_cli_missing_model_exits_2_with_message(tmp_path, params_raw):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
     proc = subprocess.run(
         [sys.executable, "-m", "stages.evaluate", "scratch", "--clean", "c", "--split", "s",
-         "--model", "models/scratch.pt", "--metrics", "m.json", "--confusion", "c.json"],
+         "--model", "models/scratch.pt", "--metrics", "m.json", "--confusion", "c.json",
+         "--per-class", "p.json"],
         cwd=tmp_path, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stderr

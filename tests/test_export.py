@@ -151,3 +151,29 @@ def test_predict_command_accepts_an_exported_model(exported, tmp_path, capsys):
                          "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "onnx" and len(out["predictions"][0]["top_k"]) == 3
+
+
+@pytest.mark.slow
+def test_export_writes_the_same_bytes_whatever_folder_the_project_is_in(tmp_path):
+    # cnn2 and the head are this project's modules: traced, their source files' absolute paths
+    # went into TorchScript's debug records
+    ckpt = _checkpoint(tmp_path / "m.pt", "cnn2", head={"hidden": [8], "dropout": 0.0})
+    written = []
+    for where in ("a", "somewhere/else/b"):
+        copy = tmp_path / where
+        shutil.copytree(ROOT / "stages", copy / "stages",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        out = copy / "export"
+        env = dict(os.environ, PYTHONPATH=str(copy))
+        run([sys.executable, "-c", "import stages, sys; assert stages.__file__.startswith("
+             f"{str(copy)!r}), stages.__file__; from stages.export import cli; "
+             "sys.argv[0] = 'export'; cli()", "--model", str(ckpt), "--out", str(out),
+             "--params", str(ROOT / "params.yaml")], copy, env=env)
+        blobs = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        assert all(str(copy).encode() not in b and b"site-packages" not in b
+                   for b in blobs.values())
+        written.append(blobs)
+    assert written[0] == written[1]
+    assert sorted(written[0]) == sorted([export.ONNX_FILE, export.TORCHSCRIPT_FILE,
+                                         export.ONNX_FILE + ".json",
+                                         export.TORCHSCRIPT_FILE + ".json"])

@@ -228,7 +228,7 @@ def stage(tmp_path, ckpt, params_raw, **predict_params) -> tuple[int, list[dict]
 def test_stage_classifies_fresh_demo_images_and_a_folder(tmp_path, cleaned, params_raw):
     _, _, ckpt = cleaned
     own = make_image_folder(tmp_path / "mine", classes=("q",), per_class=2, size=40)
-    params_raw["train"]["device"] = "cpu"
+    params_raw.setdefault("runtime", {})["device"] = "cpu"
     rc, rows = stage(tmp_path, ckpt, params_raw, images=str(own), demo_images=3, top_k=2)
     assert rc == 0
     assert [r["file"] for r in rows] == ["demo/broken.jpg", "demo/photo_000.jpg",

@@ -13,7 +13,7 @@ import pytest
 
 from stages.errors import StageError
 from stages.params import validate
-from stages.report import confusion_matrix, gallery_records, load_runs, report
+from stages.report import confusion_matrix, gallery_records, report
 from conftest import make_image_folder
 
 CLASSES = ["a", "b", "c"]
@@ -51,16 +51,20 @@ def write_split(split_dir: Path, clean_dir: Path) -> dict[str, list[tuple[str, i
 
 
 def eval_metrics(acc, tta, f1, bal):
-    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 3} for c in CLASSES}
     return {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.9,
-            "tta": {"accuracy": tta, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.8},
-            "per_class": per_class}
+            "tta": {"accuracy": tta, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.8}}
+
+
+def per_class_table(f1: float) -> list[dict]:
+    return [{"class": c, "precision": 0.5, "recall": 0.25 * (k + 1), "f1": f1, "support": 3}
+            for k, c in enumerate(CLASSES)]
 
 
 def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong: int) -> None:
     """metrics/train, plots/train (two phases when the strategy has them), metrics/eval and
     plots/confusion for one strategy; the first `wrong` test images are mispredicted."""
-    for sub in ("metrics/train", "plots/train", "metrics/eval", "plots/confusion"):
+    for sub in ("metrics/train", "plots/train", "metrics/eval", "plots/confusion",
+                "plots/per_class"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "metrics/train" / f"{name}.json").write_text(json.dumps(TRAIN[name]))
     lines = ["epoch\tphase\tlr\ttrain_loss\ttrain_acc\tval_loss\tval_acc"]
@@ -70,6 +74,8 @@ def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong
                      f"{0.25 + 0.1 * e}")
     (root / "plots/train" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
     (root / "metrics/eval" / f"{name}.json").write_text(json.dumps(eval_metrics(*EVAL[name])))
+    (root / "plots/per_class" / f"{name}.json").write_text(
+        json.dumps(per_class_table(EVAL[name][2])))
     records = [{"actual": CLASSES[y], "predicted": CLASSES[(y + (i < wrong)) % 3], "path": p}
                for i, (p, y) in enumerate(test_rows)]
     (root / "plots/confusion" / f"{name}.json").write_text(json.dumps(records))
@@ -108,6 +114,7 @@ def run_report(root: Path, params, out="reports"):
     return report(clean_dir=root / "clean", split_dir=root / "split",
                   train_metrics=root / "metrics/train", train_plots=root / "plots/train",
                   eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion",
+                  per_class=root / "plots/per_class",
                   best=root / "metrics/best.json", predictions=root / "predictions.csv",
                   predictions_gallery=root / "predictions.png",
                   out=root / out / "report.md", figures=root / out / "figures", params=params)
@@ -236,3 +243,13 @@ def test_predictions_listed_with_failures_and_gallery_linked(inputs):
     assert "1 images classified by the best strategy" in text
     assert "- `demo/broken.jpg`: truncated: JPEG data ends" in text
     assert "![predictions](../predictions.png)" in text
+
+
+def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(inputs):
+    root, params = inputs
+    run_report(root, params)
+    lines = (root / "reports" / "report.md").read_text().splitlines()
+    start = lines.index("| class | precision | recall | F1 | support |")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:start + 5]]
+    assert rows == [[c, "0.5000", f"{0.25 * (k + 1):.4f}", "0.7654", "3"]  # alpha's macro F1
+                    for k, c in enumerate(CLASSES)]

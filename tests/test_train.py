@@ -224,13 +224,13 @@ def test_training_under_bf16_autocast_learns_and_is_repeatable(params_raw, datas
     """The GPU code path (autocast, scaler, channels_last) end to end on CPU."""
     strategy = {"s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01,
                       "epochs": 4}}
-    params = make_params(params_raw, strategy, precision="bf16")
+    params = make_params(params_raw, strategy, runtime={"precision": "bf16"})
     first = run_train(params, "s", dataset, tmp_path / "a")
-    again = run_train(params, "s", dataset, tmp_path / "b")
+    run_train(params, "s", dataset, tmp_path / "b")
     assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
     assert first["best_val_acc"] > 1 / 3  # better than chance on 3 colour classes
     ckpt = torch.load(tmp_path / "a" / "m.pt", weights_only=True)
-    assert ckpt["strategy"]["train"]["precision"] == "bf16"
+    assert ckpt["strategy"]["runtime"]["precision"] == "bf16"
     assert all(t.dtype == torch.float32 for t in ckpt["state_dict"].values()
                if t.is_floating_point())  # autocast never leaks into the saved weights
 

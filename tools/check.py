@@ -8,8 +8,12 @@ there with this Python environment, then compares:
 - the outputs of the data stages (`check.data_stages`): their hashes in the reproduced
   `dvc.lock` must equal the committed ones (byte-identical data);
 - every metric DVC knows (`dvc metrics diff REV --all --json`): the reproduced value must be
-  within the tolerance `params.yaml`'s `check:` gives it. A metric present on one side only is
-  drift too (DVC itself reports that with exit status 0, so it is checked here);
+  within the tolerance `params.yaml`'s `check:` gives it. A score counted on images (accuracy,
+  balanced accuracy, macro F1 on the val or test split) may move by `check.images` images'
+  worth, derived from that split's counts in `check.counts` (metrics/split.json): another CPU
+  rounds differently, and a model trained there may classify an image or two differently. A
+  metric present on one side only is drift too (DVC itself reports that with exit status 0, so
+  it is checked here);
 - `dvc status` must be clean after the run.
 
 Prints a table (metric, committed, reproduced, tolerance, verdict) and exits 1 when anything
@@ -46,24 +50,71 @@ class Row:
     verdict: str
 
 
-def tolerance_for(metric: str, check: P.Check) -> float | None:
-    """Absolute tolerance for "path:key" (first matching pattern wins); None = not compared."""
+@dataclass(frozen=True)
+class Counts:
+    """The images a split holds (metrics/split.json): what a score on it is counted over."""
+    total: int
+    classes: dict[str, int]
+
+    @property
+    def smallest(self) -> int:
+        return min(self.classes.values())
+
+
+def split_counts(split_metrics: dict) -> dict[str, Counts]:
+    """{split: Counts} from split.json's {"test": {"total": n, "classes": {...}}, ...}."""
+    return {name: Counts(int(v["total"]), {c: int(k) for c, k in v["classes"].items()})
+            for name, v in split_metrics.items() if isinstance(v, dict) and v.get("classes")}
+
+
+# How far a score can move when `k` images change their predicted class, by the key's last part:
+# accuracy counts images (k/n); balanced accuracy averages per-class recalls (k/(C*n_min)); a
+# class's F1 = 2TP/(n_c + p_c) moves by at most 2/n_c per image, and one image touches two
+# classes (its old and new prediction), so macro F1 moves by at most 4k/(C*n_min).
+SCORE_BOUNDS = (
+    ("balanced_accuracy", lambda k, n: k / (len(n.classes) * n.smallest)),
+    ("*f1", lambda k, n: 4 * k / (len(n.classes) * n.smallest)),
+    ("*acc*", lambda k, n: k / n.total),
+    ("top*", lambda k, n: k / n.total),
+)
+
+
+def image_bound(metric: str, check: P.Check, counts: dict[str, Counts]) -> float | None:
+    """The tolerance of a score counted on images: `check.images` images' worth, or None when
+    `metric` is not one (or its split's counts are unknown)."""
+    split = next((s for pattern, s in check.counted_on.items()
+                  if fnmatch.fnmatchcase(metric, pattern)), None)
+    if split is None or split not in counts:
+        return None
+    leaf = metric.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    for pattern, bound in SCORE_BOUNDS:
+        if fnmatch.fnmatchcase(leaf, pattern):
+            return bound(check.images, counts[split])
+    return None
+
+
+def tolerance_for(metric: str, check: P.Check, counts: dict[str, Counts] | None = None
+                  ) -> float | None:
+    """Absolute tolerance for "path:key": None = not compared (`ignore`); else the first
+    matching `tolerances` pattern, the image-count bound of a score, or `tolerance`."""
     if any(fnmatch.fnmatchcase(metric, pattern) for pattern in check.ignore):
         return None
     for pattern, tol in check.tolerances.items():
         if fnmatch.fnmatchcase(metric, pattern):
             return tol
-    return check.tolerance
+    bound = image_bound(metric, check, counts or {})
+    return check.tolerance if bound is None else round(bound, 6)
 
 
-def compare_metrics(diff: dict, check: P.Check) -> list[Row]:
+def compare_metrics(diff: dict, check: P.Check, counts: dict[str, Counts] | None = None
+                    ) -> list[Row]:
     """Rows from `dvc metrics diff --all --json` output ({path: {key: {old, new}}})."""
     rows = []
     for path in sorted(diff):
         for key in sorted(diff[path]):
             old, new = diff[path][key].get("old"), diff[path][key].get("new")
             metric = f"{path}:{key}"
-            tol = tolerance_for(metric, check)
+            tol = tolerance_for(metric, check, counts)
             if tol is None:
                 continue
             if old is None or new is None:
@@ -148,7 +199,9 @@ def check(repo: Path, rev: str, workdir: Path, log) -> list[Row]:
     diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], workdir,
                          env).stdout or "{}")
     rows = compare_data_stages(committed_lock, reproduced_lock, params.check.data_stages)
-    rows += compare_metrics(diff, params.check)
+    split_json = workdir / params.check.counts
+    counts = split_counts(json.loads(split_json.read_text())) if split_json.is_file() else {}
+    rows += compare_metrics(diff, params.check, counts)
     status = json.loads(sh(["dvc", "status", "--json"], workdir, env).stdout or "{}")
     rows.append(Row("dvc status", "clean", "clean" if not status else json.dumps(status)[:60],
                     None, OK if not status else DRIFT))
