@@ -1,7 +1,8 @@
 # Two commands for a fresh clone:  make repro  (run the pipeline)  and  make test.
 # Both create .venv from the pinned requirements.txt the first time and install the project
-# into it (pip install -e .), which puts transferline-predict/-export/-check/-compare on its PATH.
+# into it (pip install -e .), which puts the `transferline` command on its PATH.
 # make check [REV=...]: re-run REV (default HEAD) in a clean clone, compare with its commit.
+# make lint: ruff's checks over the tree (.ci/run runs it before the tests).
 REV    ?= HEAD
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,11 +13,11 @@ TEMPLATE := .dvc/plots.html
 
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test check
+.PHONY: install repro test check lint
 
 install: $(STAMP) $(TEMPLATE)
 
-# Last step: the project itself, editable, so transferline-predict etc. are on the venv's PATH
+# Last step: the project itself, editable, so `transferline` is on the venv's PATH
 # (--no-build-isolation: the venv's own setuptools builds it, nothing is downloaded).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-$(TEMPLATE): $(STAMP) tools/plots_template.py
-	$(BIN)/python -m tools.plots_template --out $@
+$(TEMPLATE): $(STAMP) transferline/tools/plots_template.py
+	$(BIN)/transferline plots-template --out $@
 
 repro: $(STAMP) $(TEMPLATE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
@@ -34,5 +35,8 @@ repro: $(STAMP) $(TEMPLATE)
 test: $(STAMP) $(TEMPLATE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 check: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m tools.check --rev $(REV)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/transferline check --rev $(REV)

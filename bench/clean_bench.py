@@ -1,8 +1,8 @@
 """Benchmark the clean stage against the naive approach, on the shared PetImages subset.
 
 Times, interleaved in one run (so background load hits all of them alike):
-  (a) stages.clean.clean() with 2 worker processes,
-  (b) stages.clean.clean() with 1 worker (in-process),
+  (a) transferline.data.clean.clean() with 2 worker processes,
+  (b) transferline.data.clean.clean() with 1 worker (in-process),
   (c) a serial loop calling only cv2.imread on each file (no checks, resize, encode or writes),
   (d) the same loop over the images clean wrote (what training decodes every epoch instead).
 Prints a markdown table; with --write it replaces the generated block in the `## clean`
@@ -21,17 +21,16 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from concurrent.futures import ProcessPoolExecutor
-
 from bench.machine import load, machine, markers, write_block
-from stages import clean as clean_mod
-from stages.clean import clean, discover
-from stages.params import Clean
+from transferline.config.params import Clean
+from transferline.data import clean as clean_mod
+from transferline.data.clean import clean, discover
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = Path(os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"),

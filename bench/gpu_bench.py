@@ -3,7 +3,7 @@ on synthetic data already on the device, EfficientNet-Lite0 (packaged weights) a
 
   synthetic   random (B, 3, 224, 224) batches already on the GPU: the model's ceiling (our
               runtime: autocast at runtime.precision, channels_last)
-  ours        stages.train.train on hymenoptera prepared by our own stages (decoded once,
+  ours        transferline.engine.train.train on hymenoptera prepared by our own stages (decoded once,
               loader workers, pinned memory), strategy `finetune`
   tutorial    the tutorial's loop on the GPU: ImageFolder, batch 4, every JPEG decoded at full
               size every epoch, fp32 (tutorial_baseline.py moved to the device, as the tutorial
@@ -28,9 +28,11 @@ import yaml
 
 from bench.machine import ROOT, SHARED, load, markers, write_block
 from bench.train_bench import DATASET, IMAGE_SIZE, prepare
-from stages import loop, models, runtime
-from stages.params import validate
-from stages.train import train
+from transferline.config.params import validate
+from transferline.engine import fit as loop
+from transferline.engine import runtime
+from transferline.engine.train import train
+from transferline.models import registry as models
 
 
 def _sync(device: torch.device) -> None:
@@ -70,7 +72,8 @@ def ours(work: Path, device: str, epochs: int, workers: int) -> float:
 def tutorial(data: Path, device: torch.device, epochs: int, workers: int) -> float:
     """The tutorial's train/val loop, on `device`; images/s over all epochs."""
     import timm
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     tf = {"train": T.Compose([T.RandomResizedCrop(IMAGE_SIZE), T.RandomHorizontalFlip(),
                               T.ToTensor(), T.Normalize(mean, std)]),

@@ -41,7 +41,7 @@ import psutil
 import yaml
 
 from bench.machine import SHARED, load, machine, markers, write_block
-from stages.data import CACHE_FILE_BYTES
+from transferline.data.datasets import CACHE_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = SHARED / "datasets" / "PetImages-subset"
@@ -188,7 +188,7 @@ def table(results: dict) -> str:
             lines.append(f"- {size} {s}: {each}")
     cap = CACHE_FILE_BYTES / 2**20
     lines += ["", f"- decoded-image cache: kept in memory when a split's clean JPEGs add up to "
-              f"at most {cap:.0f} MiB (`stages/data.py` CACHE_FILE_BYTES), else decoded per "
+              f"at most {cap:.0f} MiB (`transferline/data/datasets.py` CACHE_FILE_BYTES), else decoded per "
               f"sample; train + val JPEGs here: " + ", ".join(
                   f"{size} {r['facts']['clean_mib']:.0f} MiB for all of data/clean "
                   f"({r['facts']['train_val']} train + val rows)"

@@ -5,8 +5,8 @@ split), then, in each of `--repeats` rounds and in this order on the same machin
   - the tutorial loop (../shared/bench/tutorial_baseline.py) for each `--tutorial` strategy
     (default: finetune, then fixed), EfficientNet-Lite0 with the packaged weights, its own
     recipe (batch 4, SGD + StepLR, 2 DataLoader workers), `--tutorial-epochs` epochs (25);
-  - every strategy of params.yaml as shipped (stages.train.train; early stopping as set there),
-    then its test accuracy (stages.evaluate.evaluate, single view).
+  - every strategy of params.yaml as shipped (transferline.engine.train.train; early stopping as set there),
+    then its test accuracy (transferline.engine.evaluate.evaluate, single view).
 Ours use params.yaml unchanged except `train.image_size: 224`, the tutorial's crop.
 
 hymenoptera_data ships train/ and val/: our val is the tutorial's 153 val images, so best val
@@ -39,14 +39,14 @@ import torch
 import yaml
 
 from bench.machine import SHARED, load, machine, markers, write_block
-from stages.clean import clean
-from stages.download import download_dataset
-from stages.evaluate import evaluate
-from stages.extract import extract_all
-from stages.params import Archive, Dataset, Params, validate
-from stages.runtime import from_params
-from stages.split import split_dataset
-from stages.train import train
+from transferline.config.params import Archive, Dataset, Params, validate
+from transferline.data.clean import clean
+from transferline.data.download import download_dataset
+from transferline.data.extract import extract_all
+from transferline.data.split import split_dataset
+from transferline.engine.evaluate import evaluate
+from transferline.engine.runtime import from_params
+from transferline.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = SHARED / "datasets" / "hymenoptera_data"

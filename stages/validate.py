@@ -14,35 +14,11 @@ same bytes, and so re-runs only the stages whose own params changed.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
-from stages import archs, files
-from stages.errors import ParamsError, StageError, run_main
-from stages.params import Params, add_option, load
-
-STAMP = "params.yaml is valid\n"  # fixed bytes: must not change when a valid value changes
-
-
-def validate(params_path: str | Path, out: str | Path) -> None:
-    """Raise ParamsError naming every bad key; write the stamp when the whole file is valid."""
-    params = load(params_path)
-    problems = _model_problems(params)
-    if problems:
-        raise ParamsError(f"{params_path} is invalid:\n" + "\n".join(problems))
-    files.write_text(Path(out), STAMP)
-
-
-def _model_problems(params: Params) -> list[str]:
-    """What the schema cannot know: each strategy's arch exists and has the weights it asks
-    for (the names live in stages/archs.py)."""
-    problems = []
-    for name, strategy in params.strategies.items():
-        try:
-            archs.check(strategy.arch, strategy.weights)
-        except StageError as exc:
-            problems.append(f"  strategies.{name}.arch: {exc}")
-    return problems
+from transferline.config.errors import run_main
+from transferline.config.params import add_option
+from transferline.config.validate import validate
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.clean import clean
-from stages import params as P
-from stages.params import Clean
+from transferline.config import params as P
+from transferline.config.params import Clean
+from transferline.data.clean import clean
 
 pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 127.0.0.1
 
@@ -205,7 +205,9 @@ def make_params(params_raw: dict, strategies: dict, runtime: dict | None = None,
 
 
 def run_train(params, name: str, dataset, out: Path) -> dict:
-    from stages.train import train  # torch and the models: only for the tests that train
+    from transferline.engine.train import (
+        train,  # torch and the models: only for the tests that train
+    )
     clean, split = dataset
     return train(name, params, clean_dir=clean, split_dir=split,
                              model_path=out / "m.pt", metrics_path=out / "m.json",
@@ -250,9 +252,9 @@ def mounts():
 def checkpoint_meta(arch: str = "cnn2", classes=("a", "b", "c"), image_size: int = 32,
                     head=None) -> dict:
     """Checkpoint metadata as train writes it, for a model built by hand in a test."""
-    from stages import models
-    from stages.params import Clean
-    from stages.transforms import resize_size
+    from transferline.config.params import Clean
+    from transferline.data.transforms import resize_size
+    from transferline.models import registry as models
     mean, std = models.norm_stats(arch)
     return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
             "transform": {"image_size": image_size, "resize_size": resize_size(image_size),

@@ -1,4 +1,4 @@
-"""tools/check.py on a small real git + DVC repo: an honest revision reproduces (exit 0); a
+"""transferline/tools/check.py on a small real git + DVC repo: an honest revision reproduces (exit 0); a
 hand-altered metric, a metrics file missing from the commit, or non-deterministic data output
 each fail (exit 1) and are named in the table."""
 import json
@@ -94,7 +94,7 @@ def test_nondeterministic_data_stage_is_drift(tmp_path, params_raw):
 # ---- tolerances stated in images --------------------------------------------------------------
 
 def shipped_check():
-    from stages.params import load
+    from transferline.config.params import load
     return load(ROOT / "params.yaml").check
 
 
@@ -103,7 +103,7 @@ COUNTS = {"test": {"total": 72, "classes": {"a": 24, "b": 24, "c": 24}},
 
 
 def test_scores_move_by_the_stated_number_of_images():
-    from tools.check import split_counts, tolerance_for
+    from transferline.tools.check import split_counts, tolerance_for
     check, counts = shipped_check(), split_counts(COUNTS)
     k = check.images
     assert k >= 1
@@ -132,7 +132,8 @@ def test_macro_f1_bound_holds_for_every_single_flip():
     F1 by more than one image's worth (4 / (C * n_min))."""
     import numpy as np
     from sklearn.metrics import f1_score
-    from tools.check import Counts
+
+    from transferline.tools.check import Counts
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), [5, 8, 11])
     counts = Counts(len(labels), {str(c): int((labels == c).sum()) for c in range(3)})

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from stages import clean as clean_mod
-from stages.clean import clean, discover, jpeg_complete, judge
-from stages.errors import StageError
-from stages.params import Clean
+from transferline.config.errors import StageError
+from transferline.config.params import Clean
+from transferline.data import clean as clean_mod
+from transferline.data.clean import clean, discover, jpeg_complete, judge
+
 from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
 
 PARAMS = Clean(workers=1)
@@ -441,7 +442,7 @@ def test_clean_and_its_workers_never_import_torch():
     """clean runs before any model exists; torch's import time and memory would be paid by the
     stage process, the forkserver and every worker."""
     import subprocess
-    probe = ("import sys, stages.clean as c\n"
+    probe = ("import sys, transferline.data.clean as c\n"
              "ctx = c._worker_context()\n"
              "with ctx.Pool(1) as pool:\n"
              "    worker = pool.apply(eval, (\"'torch' in __import__('sys').modules\",))\n"
@@ -455,7 +456,7 @@ def test_clean_workers_ignore_ctrl_c_from_birth():
     """Ctrl-C reaches every process in the group; a worker still starting (before any pool
     initializer runs) must not print a KeyboardInterrupt traceback of its own."""
     import subprocess
-    probe = ("import signal, stages.clean as c\n"
+    probe = ("import signal, transferline.data.clean as c\n"
              "ctx = c._worker_context()\n"
              "with ctx.Pool(1) as pool:\n"  # no initializer: what the worker is born with
              "    print(pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN,\n"

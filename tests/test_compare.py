@@ -1,8 +1,8 @@
-"""tools/compare.py: `dvc metrics diff --json` regrouped into one markdown table per headline
+"""transferline/tools/compare.py: `dvc metrics diff --json` regrouped into one markdown table per headline
 metric with every strategy side by side."""
 from __future__ import annotations
 
-from tools.compare import change, group_by_strategy, main, render
+from transferline.tools.compare import change, group_by_strategy, main, render
 
 DIFF = {  # the shape of `dvc metrics diff BASE --all --json`
     "metrics/eval/finetune.json": {

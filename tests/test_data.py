@@ -1,4 +1,4 @@
-"""stages/data.py: the split files, the image dataset and loaders whose order and augmentation
+"""transferline/data/datasets.py: the split files, the image dataset and loaders whose order and augmentation
 depend on the seed only."""
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from transferline.config.errors import StageError
+from transferline.config.params import Augment
+from transferline.data import datasets as data
+from transferline.data.transforms import train_transform
+
 from conftest import make_clean_split
-from stages import data
-from stages.errors import StageError
-from stages.params import Augment
-from stages.transforms import train_transform
 
 
 @pytest.fixture(scope="module")

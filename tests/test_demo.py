@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.demo import CLASS_NAMES, ZIP_DATE, build_demo_zip
+from transferline.data.demo import CLASS_NAMES, ZIP_DATE, build_demo_zip
 
 SMALL = dict(classes=3, per_class=12, size=32)  # seconds, not minutes
 

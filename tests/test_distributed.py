@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
+from transferline.config.params import validate
+from transferline.data import datasets as data
+
 from conftest import ROOT, make_image_folder
-from stages import data
-from stages.params import validate
 
 CLASSES = ("a", "b", "c")
 

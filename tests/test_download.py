@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
+from transferline.config.errors import StageError
+from transferline.config.params import Dataset, Download, Extract
+from transferline.data.download import download_dataset, fetch_to_cache
+from transferline.data.extract import extract_all
+
 from conftest import ROOT, make_image_folder, zip_folder
-from stages.download import download_dataset, fetch_to_cache
-from stages.extract import extract_all
-from stages.errors import StageError
-from stages.params import Dataset, Download, Extract
 
 FAST = Download(timeout=5.0, retries=2, backoff=0.0)  # no sleeping between retries in tests
 

@@ -10,32 +10,51 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferline.config.params import SPEED_ONLY
+
 from conftest import ROOT
-from stages.params import SPEED_ONLY
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 STAGES = DVC_YAML["stages"]
 
 
-def project_imports(module: str) -> set[str]:
-    """`stages.*` modules imported by stages/<module>.py, directly or through each other."""
+def module_file(module: str) -> Path | None:
+    """stages/x.py or transferline/a/b.py (or its __init__.py) for a dotted module name."""
+    path = ROOT.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported(path: Path) -> set[str]:
+    """Project modules (`stages.*`, `transferline.*`) one file imports, anywhere in it (lazy
+    imports too), or names as a string (a forkserver preload)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+            names.add(node.value)
+    return {n for n in names if n.split(".")[0] in ("stages", "transferline") and module_file(n)}
+
+
+def closure(module: str) -> set[Path]:
+    """Every project file that importing `module` runs: its imports, theirs, and the packages'
+    __init__.py files on the way."""
     seen, todo = set(), [module]
     while todo:
-        tree = ast.parse((ROOT / "stages" / f"{todo.pop()}.py").read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "stages":
-                    names = [a.name for a in node.names]
-                elif node.module.startswith("stages."):
-                    names = [node.module.split(".")[1]]
-            elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("stages.")]
-            for name in names:
-                if name not in seen:
-                    seen.add(name)
-                    todo.append(name)
+        name = todo.pop()
+        path = module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))] + sorted(imported(path))
     return seen
 
 
@@ -48,9 +67,11 @@ def stage_body(name):
 def test_stage_runs_its_module_and_lists_its_code(name):
     body = stage_body(name)
     assert body["cmd"].startswith(f"python -m stages.{name} "), body["cmd"]
-    deps = {d for d in body["deps"] if isinstance(d, str)}
-    needed = {f"stages/{m}.py" for m in project_imports(name) | {name}}
-    assert needed <= deps, f"{name}: add {sorted(needed - deps)} to its deps"
+    deps = {d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")}
+    needed = {p.relative_to(ROOT).as_posix() for p in closure(f"stages.{name}")}
+    needed -= {"stages/__init__.py"}  # a docstring only
+    assert deps == needed, (f"{name}: add {sorted(needed - deps)}, "
+                            f"drop {sorted(deps - needed)} in its deps")
 
 
 @pytest.mark.parametrize("name", sorted(set(STAGES) - {"validate"}))
@@ -61,7 +82,21 @@ def test_every_stage_waits_for_params_validation(name):
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_modules_do_not_import_each_other(name):
-    assert not project_imports(name) & (set(STAGES) - {name})
+    others = {ROOT / "stages" / f"{other}.py" for other in STAGES} - {ROOT / "stages" / f"{name}.py"}
+    assert not closure(f"stages.{name}") & others
+
+
+def test_the_library_never_imports_a_stage():
+    for path in sorted((ROOT / "transferline").rglob("*.py")):
+        assert not {m for m in imported(path) if m.startswith("stages")}, path
+
+
+def test_stage_modules_are_thin():
+    """An entry point: arguments in, one call into the library; the work lives there."""
+    for name in STAGES:
+        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        assert set(functions) <= {"main", "parse_args"}, (name, functions)
 
 
 @pytest.mark.parametrize("plot", ["val_acc", "val_loss", "train_loss", "lr"])

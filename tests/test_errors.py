@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
+from transferline.config.errors import StageError, disk_error
+from transferline.outputs import atomic as files
+
 from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
-from stages import files
-from stages.errors import StageError, disk_error
 
 PREVIOUS = "previous manifest\n"
 
@@ -142,7 +143,7 @@ def test_a_read_only_folder_is_one_line_naming_it(tmp_path, params_raw, mounts, 
     assert (ro / "split" / "train.csv").read_text() == "previous split\n"
 
 
-# ---- stages/errors.py and files.staged_dir on their own -------------------------------------
+# ---- transferline/config/errors.py and files.staged_dir on their own -------------------------------------
 
 def test_a_denied_path_is_named_as_it_is_not_as_a_write():
     exc = OSError(errno.EACCES, "Permission denied", "data/raw/a.zip")

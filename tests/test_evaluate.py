@@ -1,4 +1,4 @@
-"""stages.evaluate: metrics from hand-made probabilities, TTA averaging with fake models, and a
+"""transferline.engine.evaluate: metrics from hand-made probabilities, TTA averaging with fake models, and a
 real (tiny, untrained) checkpoint scored on generated images in tmp_path."""
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
-from stages import models, transforms
-from stages.inference import predict_probs
-from stages.evaluate import compute_metrics, confusion_records, evaluate, scores
-from stages.errors import StageError
-from stages.params import validate
+from transferline.config.errors import StageError
+from transferline.config.params import validate
+from transferline.data import transforms
+from transferline.engine.evaluate import compute_metrics, confusion_records, evaluate, scores
+from transferline.engine.inference import predict_probs
+from transferline.models import registry as models
+
 from conftest import ROOT, checkpoint_meta, make_image_folder
 
 CLASSES = ["cat", "dog", "eel"]

@@ -1,4 +1,4 @@
-"""stages.export: ONNX and TorchScript files with sidecars, byte-identical for the same checkpoint,
+"""transferline.models.export: ONNX and TorchScript files with sidecars, byte-identical for the same checkpoint,
 whose probabilities on real and generated images match the checkpoint's within 1e-4 under ONNX
 Runtime and torch.jit, and that predict accepts."""
 from __future__ import annotations
@@ -13,8 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from stages import archs, bundle, export, models, predict
-from stages.params import Export
+from transferline.commands import predict as predict_cmd
+from transferline.config import archs
+from transferline.config.params import Export
+from transferline.engine import predict
+from transferline.models import bundle, export
+from transferline.models import registry as models
+
 from conftest import ROOT, checkpoint_meta, make_image_folder, run
 
 CLASSES = ("ants", "bees", "other")
@@ -147,7 +152,7 @@ def test_a_mismatch_beyond_the_tolerance_stops_before_anything_is_published(expo
 def test_predict_command_accepts_an_exported_model(exported, tmp_path, capsys):
     root, _, _ = exported
     image = _images(tmp_path, None)[0][1]
-    assert predict.main([str(image), "--model", str(root / "export" / "model.onnx"),
+    assert predict_cmd.main([str(image), "--model", str(root / "export" / "model.onnx"),
                          "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "onnx" and len(out["predictions"][0]["top_k"]) == 3
@@ -161,14 +166,16 @@ def test_export_writes_the_same_bytes_whatever_folder_the_project_is_in(tmp_path
     written = []
     for where in ("a", "somewhere/else/b"):
         copy = tmp_path / where
-        shutil.copytree(ROOT / "stages", copy / "stages",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        for package in ("stages", "transferline"):
+            shutil.copytree(ROOT / package, copy / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
         out = copy / "export"
-        env = dict(os.environ, PYTHONPATH=str(copy))
-        run([sys.executable, "-c", "import stages, sys; assert stages.__file__.startswith("
-             f"{str(copy)!r}), stages.__file__; from stages.export import cli; "
-             "sys.argv[0] = 'export'; cli()", "--model", str(ckpt), "--out", str(out),
-             "--params", str(ROOT / "params.yaml")], copy, env=env)
+        # the stage as DVC runs it, from the copy (asserted: not the installed checkout)
+        run([sys.executable, "-c", "import runpy, sys, transferline; assert transferline."
+             f"__file__.startswith({str(copy)!r}), transferline.__file__; "
+             "sys.argv[0] = 'stages.export'; runpy.run_module('stages.export', "
+             "run_name='__main__')", "--model", str(ckpt), "--out", str(out),
+             "--params", str(ROOT / "params.yaml")], copy, env=dict(os.environ, PYTHONPATH=""))
         blobs = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
         assert all(str(copy).encode() not in b and b"site-packages" not in b
                    for b in blobs.values())

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferline.config.errors import StageError
+from transferline.config.params import Extract
+from transferline.data.extract import dir_name, extract_all
+
 from conftest import ROOT
-from stages.extract import dir_name, extract_all
-from stages.errors import StageError
-from stages.params import Extract
 
 FILES = {"imgs/a/1.jpg": b"\xff\xd8one", "imgs/a/2.jpg": b"\xff\xd8two",
          "imgs/b/3.jpg": b"\xff\xd8three"}

@@ -1,4 +1,4 @@
-"""stages/files.py: folders swapped in whole or not at all, atomic file writes, and what killed
+"""transferline/outputs/atomic.py: folders swapped in whole or not at all, atomic file writes, and what killed
 runs leave behind removed by the next one."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from transferline.config.errors import StageError
+from transferline.outputs import atomic as files
+
 from conftest import ROOT, run
-from stages import files
-from stages.errors import StageError
 
 
 def _listing(folder: Path) -> dict[str, bytes]:

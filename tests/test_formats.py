@@ -15,13 +15,23 @@ import cv2
 import numpy as np
 import pytest
 
+from transferline.config.errors import ParamsError, StageError
+from transferline.config.params import DatasetFormat, Extract, validate
+from transferline.data.extract import extract_all
+from transferline.data.formats import CONVERTERS
+
 from conftest import DVC, make_project_repo, run
-from official_archives import (CIFAR_NAMES, cifar_batch, cifar_members, flowers_files,
-                               flowers_images, mat_bytes, py2_pickle, tar_gz, write_files)
-from stages.extract import extract_all
-from stages.formats import CONVERTERS
-from stages.errors import ParamsError, StageError
-from stages.params import DatasetFormat, Extract, validate
+from official_archives import (
+    CIFAR_NAMES,
+    cifar_batch,
+    cifar_members,
+    flowers_files,
+    flowers_images,
+    mat_bytes,
+    py2_pickle,
+    tar_gz,
+    write_files,
+)
 
 NAMES = [n.decode() for n in CIFAR_NAMES]
 # batch file -> the seed official_archives built it from

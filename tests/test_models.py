@@ -1,4 +1,4 @@
-"""stages/models.py: registry, generic head, trainable selection, BN modes, checkpoints."""
+"""transferline/models/registry.py: registry, generic head, trainable selection, BN modes, checkpoints."""
 from __future__ import annotations
 
 import urllib.error
@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from stages import archs, models
-from stages.errors import StageError
-from stages.transforms import eval_transform
+from transferline.config import archs
+from transferline.config.errors import StageError
+from transferline.data.transforms import eval_transform
+from transferline.models import registry as models
+
 from conftest import checkpoint_meta
 
 REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",
@@ -34,7 +36,7 @@ def test_registry_has_the_agreed_archs():
 
 
 def test_torch_free_arch_list_is_the_registry():
-    # validate checks `arch` against stages/archs.py without importing torch
+    # validate checks `arch` against transferline/config/archs.py without importing torch
     assert list(archs.PRETRAINED) == list(models.ARCHS)
 
 
@@ -296,8 +298,8 @@ def test_feature_caching_swaps_the_whole_richer_head(tmp_path):
 
 
 def test_optimiser_head_group_holds_every_head_parameter():
-    from stages.params import Phase
-    from stages.loop import make_optimizer
+    from transferline.config.params import Phase
+    from transferline.engine.fit import make_optimizer
     torch.manual_seed(0)
     model = models.build("cnn2", 3, "none", HEAD)
     models.set_trainable(model, "cnn2", "all")
@@ -323,8 +325,8 @@ def test_checkpoint_with_a_richer_head_reloads_alone(tmp_path):
 
 
 def test_head_params_are_validated_strictly(params_raw):
-    from stages.errors import ParamsError
-    from stages.params import validate
+    from transferline.config.errors import ParamsError
+    from transferline.config.params import validate
     params_raw["strategies"]["finetune"]["head"] = {"hidden": [256], "dropout": 0.5}
     assert validate(params_raw).strategies["finetune"].head.hidden == [256]
     for bad, match in [({"hidden": [0]}, "head.hidden.0"), ({"dropout": 1.0}, "head.dropout"),

@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from stages import params as P
+from transferline.config import params as P
+
 from conftest import ROOT
 
 

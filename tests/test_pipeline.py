@@ -49,6 +49,7 @@ def tracked_state(repo) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, request):
     import yaml
+
     from conftest import ROOT
     params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
     repo = make_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", params)
@@ -156,7 +157,7 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     plots = json.loads(dvc(repo, "plots", "diff", "main", "lr-change", "--json").stdout)
     assert set(plots["data"]["val_acc"][0]["revisions"]) == {"main", "lr-change"}
 
-    from tools.compare import render
+    from transferline.tools.compare import render
     section = render(diff, "main", "lr-change")
     for name in STRATEGIES:
         assert f"| {name} |" in section
@@ -222,8 +223,9 @@ def test_another_thread_count_stays_within_the_check_tolerances(project, tmp_pat
     CPU does) pass `make check`'s comparison with the stated tolerances; the same results with
     one strategy's test accuracy moved by one image more than stated do not."""
     import yaml
-    from stages.params import validate
-    from tools.check import DRIFT, OK, compare_metrics, split_counts
+
+    from transferline.config.params import validate
+    from transferline.tools.check import DRIFT, OK, compare_metrics, split_counts
     repo = copy_of(project, tmp_path / "repo")
     edit_params(repo, lambda p: p.update(threads=1))
     dvc(repo, "repro")
@@ -244,7 +246,7 @@ def test_another_thread_count_stays_within_the_check_tolerances(project, tmp_pat
 
 
 def test_speed_only_settings_re_run_nothing(project, tmp_path):
-    from stages.params import SPEED_ONLY
+    from transferline.config.params import SPEED_ONLY
     repo = copy_of(project, tmp_path / "repo")
     before = output_bytes(repo)
 

@@ -1,5 +1,5 @@
 """`dvc plots show` / `dvc plots diff` pages render with no network: the project's .dvc/config
-points DVC at the template tools/plots_template.py writes (Vega, Vega-Lite and vega-embed
+points DVC at the template transferline/tools/plots_template.py writes (Vega, Vega-Lite and vega-embed
 inlined). Checked in a real headless Chromium cut off from the network (a fresh network
 namespace when `unshare -n` works, and unresolvable hosts behind a dead proxy in any case), on a
 screenshot: every chart of the project's dvc.yaml shows up as a coloured region, while DVC's
@@ -118,7 +118,7 @@ def test_template_is_configured_and_self_contained():
     config = configparser.ConfigParser()
     config.read(ROOT / ".dvc/config")
     assert config["plots"]["html_template"] == "plots.html"
-    from tools.plots_template import page
+    from transferline.tools.plots_template import page
     text = page()
     assert "{plot_divs}" in text and "{scripts}" not in text and "<script src" not in text
     assert "window.vegaEmbed" in text

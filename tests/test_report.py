@@ -1,4 +1,4 @@
-"""stages.report on train/evaluate outputs written by hand into tmp_path, with a tiny generated
+"""transferline.report.document on train/evaluate outputs written by hand into tmp_path, with a tiny generated
 clean dataset for the gallery and the augmentation grid."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.errors import StageError
-from stages.params import validate
-from stages.report import confusion_matrix, gallery_records, report
+from transferline.config.errors import StageError
+from transferline.config.params import validate
+from transferline.report.document import confusion_matrix, gallery_records, report
+
 from conftest import make_image_folder
 
 CLASSES = ["a", "b", "c"]

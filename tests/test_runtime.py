@@ -1,13 +1,13 @@
-"""stages/runtime.py: device and precision choice, and the autocast code path a GPU runs,
+"""transferline/engine/runtime.py: device and precision choice, and the autocast code path a GPU runs,
 exercised on CPU with bf16 (training and inference)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stages import runtime
-from stages.inference import predict_probs
-from stages.errors import StageError
+from transferline.config.errors import StageError
+from transferline.engine import runtime
+from transferline.engine.inference import predict_probs
 
 
 def test_cpu_defaults_are_fp32_channels_last_deterministic():

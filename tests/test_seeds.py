@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages import evaluate as evaluate_stage
-from stages.report import Run, strategy_row
-from stages.seeds import mean_std
+from transferline.engine import evaluate
+from transferline.outputs.metrics import mean_std
+from transferline.report.document import Run, strategy_row
+
 from conftest import make_clean_split, make_params, run_train
+
 
 def test_mean_std_means_every_number_and_nests_the_spread_like_the_value():
     runs = [{"accuracy": 0.5, "epochs": 2, "tta": {"accuracy": 0.6, "f1": 0.1}},
@@ -24,7 +26,7 @@ CNN = {"arch": "cnn1", "weights": "none", "trainable": "all", "optimizer": "adam
 
 
 def score(path, out, params, clean, split, name):
-    return evaluate_stage.evaluate(model_path=path, clean_dir=clean, split_dir=split,
+    return evaluate.evaluate(model_path=path, clean_dir=clean, split_dir=split,
                                    metrics_path=out / f"{name}.json",
                                    confusion_path=out / f"{name}-confusion.json",
                                    settings=params.evaluate, seed=params.seed, threads=1)

@@ -1,12 +1,12 @@
-"""stages.select: the best strategy by validation (never test), ties, the file it writes."""
+"""transferline.engine.select: the best strategy by validation (never test), ties, the file it writes."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from stages.errors import StageError
-from stages.select import choose, select
+from transferline.config.errors import StageError
+from transferline.engine.select import choose, select
 
 # val: beta best by accuracy, gamma best by loss; test: alpha best (must not matter)
 TRAIN = {"alpha": (0.80, 0.50), "beta": (0.90, 0.40), "gamma": (0.85, 0.30)}

@@ -1,4 +1,4 @@
-"""stages.split on manifests written straight into tmp_path (split never opens the images)."""
+"""transferline.data.split on manifests written straight into tmp_path (split never opens the images)."""
 from __future__ import annotations
 
 import csv
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import StageError
-from stages.params import Split
-from stages.split import natural_key, split_dataset
+from transferline.config.errors import StageError
+from transferline.config.params import Split
+from transferline.data.split import natural_key, split_dataset
+
 from conftest import ROOT, run
 
 MANIFEST_COLUMNS = ["path", "class", "split", "source", "width", "height", "sha256"]

@@ -1,4 +1,4 @@
-"""stages/train.py on tiny generated data: which parameters train, phases, checkpoints,
+"""transferline/engine/train.py on tiny generated data: which parameters train, phases, checkpoints,
 byte-identical reruns, cached features, early stopping and input errors."""
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import CLASSES, make_clean_split, make_params, run_train
-from stages import data, models
-from stages import train as train_stage
-from stages.errors import ParamsError, StageError, run_main
-from stages.transforms import eval_transform
+from stages import train as stages_train
+from transferline.config.errors import ParamsError, StageError, run_main
+from transferline.data import datasets as data
+from transferline.data.transforms import eval_transform
+from transferline.engine import train as train_stage
+from transferline.models import registry as models
 
+from conftest import CLASSES, make_clean_split, make_params, run_train
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +216,7 @@ def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
                                       "--model", "m.pt", "--metrics", "m.json", "--plots",
                                       "p.tsv", "--params", str(params_file)])
     with pytest.raises(SystemExit) as exc:
-        run_main(train_stage.main)
+        run_main(stages_train.main)
     assert exc.value.code == 2
     assert "no strategy 'nosuch'" in capsys.readouterr().err
 

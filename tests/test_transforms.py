@@ -1,4 +1,4 @@
-"""stages/transforms.py: decoding, the train/eval/TTA pipelines and their inverse."""
+"""transferline/data/transforms.py: decoding, the train/eval/TTA pipelines and their inverse."""
 from __future__ import annotations
 
 import warnings
@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from transferline.config.params import Augment
+from transferline.data.transforms import (
+    denormalize,
+    eval_transform,
+    read_image,
+    resize_size,
+    train_transform,
+    tta_transform,
+)
+
 from conftest import write_image
-from stages.params import Augment
-from stages.transforms import (denormalize, eval_transform, read_image, resize_size,
-                               train_transform, tta_transform)
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 NO_AUG = Augment(crop_scale=[1.0, 1.0], hflip=0.0, rotation=0.0, color_jitter=0.0)

@@ -1,7 +1,7 @@
 """Backbones by name, a generic new head, which parameters train, and checkpoints.
 
 `ARCHS` is the registry: a name in `strategies.<s>.arch` (the names, and which have ImageNet
-weights, are stages/archs.py, which needs no torch) picks a spec that knows how to build
+weights, are transferline/config/archs.py, which needs no torch) picks a spec that knows how to build
 the network (optionally with ImageNet weights), the input normalisation those weights expect,
 and the backbone's blocks in forward order (what `trainable: N` counts). The classification head
 is found generically: the last `nn.Linear` in the module tree, replaced by a fresh
@@ -23,9 +23,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from stages import archs, files
-from stages.errors import StageError
-from stages.transforms import IMAGENET_MEAN, IMAGENET_STD
+from transferline.config import archs
+from transferline.config.errors import StageError
+from transferline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from transferline.outputs import atomic as files
+
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
 HALF = (0.5, 0.5, 0.5)
 

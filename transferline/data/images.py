@@ -7,7 +7,7 @@ function on a user's photo (`model_input`), with the clean settings the checkpoi
 photo reaches the network exactly as a training image did: EXIF orientation applied, converted to
 RGB (transparency on white), downscaled with INTER_AREA, JPEG-encoded at `clean.jpeg_quality` and
 decoded again with `transforms.decode`, the one decoder training uses too. The checks and reasons
-are described in stages/clean.py.
+are described in transferline/data/clean.py.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from stages.params import Clean
+from transferline.config.params import Clean
 
 if TYPE_CHECKING:  # annotations only: clean's processes never import torch
     import torch

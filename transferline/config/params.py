@@ -1,7 +1,7 @@
 """params.yaml: load it and validate it strictly, so a typo stops a stage before any work.
 
 Every stage calls `load()` in its `main()`. An unknown key, a wrong type, an out-of-range value or
-settings that contradict each other raise `ParamsError` (stages/errors.py) whose message names
+settings that contradict each other raise `ParamsError` (transferline/config/errors.py) whose message names
 each bad key and what is allowed; `run_main` turns it into a message and exit status 2.
 """
 from __future__ import annotations
@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from stages.errors import ParamsError
+from transferline.config.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 
@@ -26,7 +34,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # runtime.device: auto | cpu | cud
 # Keys that change how fast a stage runs, never its outputs: dvc.yaml tracks none of them, so
 # raising one re-runs nothing (tests/test_dvc_yaml.py holds both to this list).
 SPEED_ONLY = ("clean.workers", "train.workers", "train.resume", "evaluate.workers")
-# How a dataset's archives become class folders (keys of stages.formats.CONVERTERS, plus the
+# How a dataset's archives become class folders (keys of transferline.data.formats.CONVERTERS, plus the
 # default `folders`: they already are class folders).
 DatasetFormat = Literal["folders", "cifar10", "flowers102"]
 
@@ -282,7 +290,7 @@ class Export(Section):
 
 
 class Check(Section):
-    """Tolerances for `make check` (tools/check.py)."""
+    """Tolerances for `make check` (transferline/tools/check.py)."""
     data_stages: list[str] = ["download", "extract", "clean", "split"]
     images: int = Field(3, ge=0)  # a score counted on images may move by this many images
     counts: str = Field("metrics/split.json", min_length=1)  # where the split's counts are

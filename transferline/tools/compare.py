@@ -1,7 +1,7 @@
 """Render `dvc metrics diff BASE` as a markdown section for a pull request, one table per metric
 with every strategy side by side.
 
-    python -m tools.compare main [--out reports/compare.md]
+    transferline compare main [--out reports/compare.md]
 
 DVC's own `--md` output is one long list of file/key rows; this regroups it so a reviewer sees,
 for each headline metric, every strategy's base value, new value and change in one table.
@@ -54,7 +54,8 @@ def render(diff: dict, base: str, head: str = "workspace") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="transferline compare",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("base", help="git revision to compare against (e.g. main, origin/main)")
     ap.add_argument("--out", help="write the markdown here instead of stdout")
     args = ap.parse_args(argv)

@@ -23,9 +23,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from stages import distributed
-from stages.errors import StageError
-from stages.params import DEVICE_PATTERN
+from transferline.config.errors import StageError
+from transferline.config.params import DEVICE_PATTERN
+from transferline.engine import distributed
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

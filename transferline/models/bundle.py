@@ -4,7 +4,7 @@
 TorchScript file) with its sidecar JSON beside it (`<file>.json`, written by export) and returns
 a `Bundle`: a callable from (N, 3, H, W) float32 to (N, C) logits, the class names, the input
 size, the normalisation and the clean settings (`clean.max_short_side`, ...) that say how a photo
-is prepared (stages/images.py). `imagenet(arch)` is the pretrained backbone with its original
+is prepared (transferline/data/images.py). `imagenet(arch)` is the pretrained backbone with its original
 1000-class head and the ImageNet class names torchvision ships (nothing is downloaded).
 `best_checkpoint` reads metrics/best.json (written by select) to find the chosen model.
 """
@@ -19,9 +19,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from stages import models, transforms
-from stages.errors import StageError
-from stages.params import Clean
+from transferline.config.errors import StageError
+from transferline.config.params import Clean
+from transferline.data import transforms
+from transferline.models import registry as models
 
 IMAGENET_SIZE = 224  # px: the resolution every packaged ImageNet backbone was trained at
 SIDECAR_VERSION = 1

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from stages.errors import WRITE_ERRORS, StageError, disk_error
+from transferline.config.errors import WRITE_ERRORS, StageError, disk_error
 
 SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
 CHUNK = 1 << 20           # bytes per read/write when streaming or copying a file (1 MiB)

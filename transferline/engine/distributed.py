@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from stages.errors import StageError
+from transferline.config.errors import StageError
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> None:
     """Run `python -m module argv` as `nproc` processes on this machine (torchrun --standalone);
     a failure of any of them ends all of them and becomes one clear error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import run, get_args_parser
+    from torch.distributed.run import get_args_parser, run
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
                                          "--module", module, *argv])
     try:

@@ -3,12 +3,12 @@ without importing torch.
 
 validate checks params.yaml before every `dvc repro` and `dvc exp run`; importing torch and
 torchvision would be most of its run (several seconds), for nothing but a list of names.
-stages/models.py builds each of them: its `ARCHS` registry has exactly these keys (a test keeps
+transferline/models/registry.py builds each of them: its `ARCHS` registry has exactly these keys (a test keeps
 the two equal).
 """
 from __future__ import annotations
 
-from stages.errors import StageError
+from transferline.config.errors import StageError
 
 # name -> whether ImageNet weights exist for it (the cnn* are small CNNs for training from scratch)
 PRETRAINED: dict[str, bool] = {

@@ -1,4 +1,4 @@
-"""The training engine that stages/train.py drives: an optimiser and schedule per phase, the two
+"""The training engine that transferline/engine/train.py drives: an optimiser and schedule per phase, the two
 kinds of step (the whole network on image batches, or only the head on backbone features
 computed once), epochs with early stopping, the best epoch's weights, and a resumable state
 written after every epoch.
@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages import distributed, files, models
-from stages.params import Phase
-from stages.runtime import Runtime
+from transferline.config.params import Phase
+from transferline.engine import distributed
+from transferline.engine.runtime import Runtime
+from transferline.models import registry as models
+from transferline.outputs import atomic as files
 
 
 def log(msg: str) -> None:

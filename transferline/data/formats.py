@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from stages.errors import StageError
+from transferline.config.errors import StageError
 
 REFETCH = ("if it was downloaded, delete its copy in the download cache (.cache/downloads) and "
            "run the pipeline again")

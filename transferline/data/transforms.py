@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-from stages import images
+from transferline.data import images
 
 # Input normalisation of ImageNet-trained weights (torchvision's), also the small CNNs' default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

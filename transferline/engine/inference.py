@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from stages.runtime import Runtime, resolve
+from transferline.engine.runtime import Runtime, resolve
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 """Reproducibility check: re-run the pipeline from a clean clone and compare with what was committed.
 
-    python -m tools.check [--rev REV] [--keep]        (or: make check REV=...)
+    transferline check [--rev REV] [--keep]        (or: make check REV=...)
 
 Clones the repository at REV (default HEAD) into a temporary folder, runs `dvc repro --force`
 there with this Python environment, then compares:
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from stages import params as P
-from stages.errors import ParamsError, StageError
+from transferline.config import params as P
+from transferline.config.errors import ParamsError, StageError
 
 OK, DRIFT, MISSING = "ok", "DRIFT", "MISSING"
 
@@ -209,7 +209,7 @@ def check(repo: Path, rev: str, workdir: Path, log) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="transferline check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", default="HEAD", help="git revision to reproduce (default HEAD)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone")
     ap.add_argument("--log-dir", default="logs", help="where the run's log goes (untracked)")

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stages.errors import StageError
-from stages.transforms import read_image
+from transferline.config.errors import StageError
+from transferline.data.transforms import read_image
 
 # Decoded images are kept in memory when the dataset's JPEG files add up to at most this many
 # bytes. Decoded uint8 is roughly 6-10x a quality-95 JPEG, so the default holds <= ~350 MB;

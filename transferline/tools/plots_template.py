@@ -7,7 +7,7 @@ writes). `.dvc/config` points DVC at it (`plots.html_template = plots.html`, rel
 `make install` runs this; the output (about 0.9 MB of minified third-party JavaScript, fully
 determined by the pinned wheel) is git-ignored rather than committed.
 
-    python -m tools.plots_template --out .dvc/plots.html
+    transferline plots-template --out .dvc/plots.html   (make install runs it)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import vl_convert
 
-from stages.files import write_text
+from transferline.outputs.atomic import write_text
 
 VEGA_LITE = "5.21"  # DVC's plot templates are Vega-Lite v5 specs
 # DVC fills these by plain text replacement over the whole page; {scripts} (its CDN <script>
@@ -30,7 +30,7 @@ PAGE = """<!DOCTYPE html>
     {refresh_tag}
     <title>DVC Plot</title>
     <!-- Vega %(vega)s, Vega-Lite %(vega_lite)s, vega-embed %(embed)s, inlined from
-         vl-convert-python %(vl_convert)s by tools/plots_template.py: no network needed -->
+         vl-convert-python %(vl_convert)s by transferline/tools/plots_template.py: no network needed -->
     <script>(function () {  // its own scope: only vegaEmbed, vega, vegaLite become globals
 %(bundle)s
 })();</script>
@@ -64,16 +64,18 @@ def _version() -> str:
     return version("vl-convert-python")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transferline plots-template",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(".dvc/plots.html"),
                         help="where to write the template (default: .dvc/plots.html)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     text = page()
     write_text(args.out, text)  # atomic: an interrupted run leaves no half-written page
     print(f"{args.out}: {len(text.encode()) / 1e6:.1f} MB, Vega-Lite {VEGA_LITE} inlined",
           file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

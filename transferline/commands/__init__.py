@@ -1,0 +1,1 @@
+"""The commands a user runs by hand; `transferline.cli` dispatches to them."""

@@ -1,0 +1,224 @@
+"""split: seeded, stratified train/val/test lists built from the cleaned manifest.
+
+Reads   <clean>/manifest.csv (columns path,class,split,source,width,height,sha256) and
+        params.yaml (`seed`, `split`).
+Writes  <out>/classes.json, <out>/train.csv, <out>/val.csv, <out>/test.csv and <metrics>,
+        exactly as docs/pipeline.md describes.
+Run     python -m stages.split --clean data/clean --out data/split --metrics metrics/split.json
+
+Rules:
+- Shipped splits are kept: a row whose `split` is train/val/test stays in that split; a row with
+  an empty `split` counts as train.
+- If nothing ships as val, `split.val` of the train pool is carved out as val; if nothing ships
+  as test, `split.test` of it is carved out as test. Both fractions are of the train pool as it
+  was before any carving (val 0.15 + test 0.15 leaves 70% for train). Carving is per class,
+  counts distinct images (sha256 groups, below), rounds half up, and gives each carved split at
+  least one image of every class while leaving at least one for train; which images go is drawn
+  with a RandomState seeded from (`seed`, class name), so one class's draw does not depend on
+  the others.
+- Copies never cross splits: rows sharing a sha256 form one group that is placed as a whole. A
+  group the dataset ships in several splits goes to the most held-out of them (test, then val,
+  then train), so a shipped evaluation set stays whole and train loses the copy; a warning
+  names its paths.
+- Labels: the classes of all rows in natural sort order (`1`, `2`, ..., `10`; `img2` before
+  `img10`); label = index in classes.json.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import sys
+import zlib
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from transferline.config.errors import StageError
+from transferline.outputs.atomic import json_text, staged_dir, write_json
+
+SPLITS = ("train", "val", "test")
+HELD_OUT_RANK = {"train": 0, "val": 1, "test": 2}  # a copy shipped in several splits -> highest
+REQUIRED_COLUMNS = ("path", "class", "split", "sha256")
+OUT_COLUMNS = ("path", "label", "class")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key putting digit runs in numeric order: "2" < "10", "img2" < "img10".
+
+    re.split with a capture group puts the digit runs at the odd indices, so element types line
+    up between any two keys; the original string breaks ties ("01" vs "1", "A" vs "a").
+    """
+    parts = re.split(r"([0-9]+)", text)
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), text
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """The manifest's rows; StageError naming the file when it is missing, malformed or empty."""
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run the clean stage first (dvc repro clean)")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise StageError(f"{path}: missing column(s) {missing}; expected "
+                             "path,class,split,source,width,height,sha256 (re-run clean)")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if not (row["path"] and row["class"] and row["sha256"]):
+            raise StageError(f"{path}:{line}: empty path, class or sha256; re-run clean")
+        if row["split"] not in ("", *SPLITS):
+            raise StageError(f"{path}:{line}: split {row['split']!r} is not one of "
+                             f"train, val, test or empty")
+    if not rows:
+        raise StageError(f"{path}: no images listed; check that the dataset holds class folders "
+                         "of decodable images (see reports/rejected.csv for what clean dropped)")
+    return rows
+
+
+def group_copies(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """Rows grouped by sha256 (a group = one image and its byte copies), sorted by path."""
+    groups: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r["path"]):
+        groups[row["sha256"]].append(row)
+    return dict(sorted(groups.items()))
+
+
+def _shipped_split(sha: str, group: list[dict[str, str]]) -> str:
+    """The split a group ships in; a group shipped in several goes to the most held-out one."""
+    shipped = {row["split"] or "train" for row in group}
+    dest = max(shipped, key=HELD_OUT_RANK.__getitem__)
+    if len(shipped) > 1:
+        print(f"warning: {len(group)} copies of one image (sha256 {sha[:16]}) ship in "
+              f"{sorted(shipped, key=HELD_OUT_RANK.__getitem__)}; all go to {dest}: "
+              + ", ".join(r["path"] for r in group), file=sys.stderr)
+    if len({row["class"] for row in group}) > 1:
+        print(f"warning: copies of one image (sha256 {sha[:16]}) are labelled with different "
+              "classes; kept as labelled, placed by the first path: "
+              + ", ".join(f"{r['path']} ({r['class']})" for r in group), file=sys.stderr)
+    return dest
+
+
+def _carve_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Images of one class (n in the train pool) to carve into each split in `fractions`:
+    fraction * n rounded half up, at least 1 each; the largest carve shrinks while train would
+    be left empty. Needs n >= 1 + len(fractions) (the caller checks)."""
+    counts = {name: max(1, math.floor(frac * n + 0.5)) for name, frac in fractions.items()}
+    while n - sum(counts.values()) < 1:
+        largest = max(counts, key=lambda k: (counts[k], HELD_OUT_RANK[k]))
+        counts[largest] -= 1
+    return counts
+
+
+def _too_few(cls: str, n_pool: int, n_total: int, carve: dict[str, float]) -> StageError:
+    needed = ["train", *carve]
+    return StageError(
+        f"class {cls!r} has {n_pool} distinct image(s) for train ({n_total} in the manifest); "
+        f"it needs at least {len(needed)}, one each for {', '.join(needed)}. Add images of "
+        f"{cls!r}, or remove its folder from the dataset")
+
+
+def _carve(pool: dict[str, list[str]], carve: dict[str, float], seed: int,
+           totals: Counter) -> dict[str, str]:
+    """Destination split of every train-pool group: {sha256: split}. `pool` maps class -> the
+    class's group keys (sorted); `carve` maps split name -> fraction of the pool to move there."""
+    dest: dict[str, str] = {}
+    for cls, shas in pool.items():
+        if len(shas) < 1 + len(carve):
+            raise _too_few(cls, len(shas), totals[cls], carve)
+        counts = _carve_counts(len(shas), carve)
+        rng = np.random.RandomState([seed, zlib.crc32(cls.encode("utf-8"))])
+        order = [shas[i] for i in rng.permutation(len(shas))]
+        start = 0
+        for name in sorted(counts, key=HELD_OUT_RANK.__getitem__, reverse=True):  # test, val
+            for sha in order[start:start + counts[name]]:
+                dest[sha] = name
+            start += counts[name]
+        for sha in order[start:]:
+            dest[sha] = "train"
+    return dest
+
+
+def _fractions_to_carve(placed: dict[str, str], split_params: Any) -> dict[str, float]:
+    """{split: fraction} for val/test when nothing ships in them; a needed 0 is an error."""
+    carve = {}
+    for name in ("val", "test"):
+        if name in placed.values():
+            continue
+        frac = getattr(split_params, name)
+        if frac <= 0:
+            raise StageError(f"split.{name} is {frac} but the dataset ships no {name} split, so "
+                             f"{name} would be empty; set split.{name} in params.yaml (e.g. 0.15)")
+        carve[name] = frac
+    return carve
+
+
+def assign_splits(rows: list[dict[str, str]], seed: int, split_params: Any,
+                  ) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
+    """(classes in natural order, {split: rows}) following the rules in the module docstring."""
+    totals = Counter(row["class"] for row in rows)
+    classes = sorted(totals, key=natural_key)
+    if len(classes) < 2:
+        raise StageError(f"only one class ({classes[0]!r}, {totals[classes[0]]} images) in the "
+                         "manifest; classification needs at least two. Check the dataset's "
+                         "layout: class folders directly inside the dataset (or its split "
+                         "folders)")
+    groups = group_copies(rows)
+    placed = {sha: _shipped_split(sha, group) for sha, group in groups.items()}
+    carve = _fractions_to_carve(placed, split_params)
+    pool: dict[str, list[str]] = {cls: [] for cls in classes}
+    for sha, split in placed.items():
+        if split == "train":
+            pool[groups[sha][0]["class"]].append(sha)
+    placed.update(_carve(pool, carve, seed, totals))
+    by_split: dict[str, list[dict[str, str]]] = {name: [] for name in SPLITS}
+    for sha, split in placed.items():
+        by_split[split].extend(groups[sha])
+    for name in SPLITS:
+        by_split[name].sort(key=lambda r: r["path"])
+    return classes, by_split
+
+
+def split_metrics(classes: list[str], by_split: dict[str, list[dict[str, str]]]) -> dict:
+    """{split: {"total": n, "classes": {class: n}}}, every class listed (0 when absent)."""
+    out = {}
+    for name, rows in by_split.items():
+        counts = Counter(row["class"] for row in rows)
+        out[name] = {"total": len(rows), "classes": {cls: counts[cls] for cls in classes}}
+    return out
+
+
+def _write_csv(path: Path, rows: Iterable[dict[str, str]], label: dict[str, int]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(OUT_COLUMNS)
+        for row in rows:
+            writer.writerow([row["path"], label[row["class"]], row["class"]])
+
+
+def write_outputs(out_dir: Path, metrics_path: Path, classes: list[str],
+                  by_split: dict[str, list[dict[str, str]]], metrics: dict) -> None:
+    with staged_dir(out_dir) as tmp:
+        (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
+        label = {cls: i for i, cls in enumerate(classes)}
+        for name in SPLITS:
+            _write_csv(tmp / f"{name}.csv", by_split[name], label)
+    write_json(metrics_path, metrics)
+
+
+def split_dataset(clean_dir: Path, out_dir: Path, metrics_path: Path, *, seed: int,
+                  split_params: Any) -> dict:
+    """Write the split for `clean_dir`'s manifest; returns the metrics (counts per split/class).
+    `split_params` has `.val` and `.test` fractions (the validated `split` section)."""
+    clean_dir, out_dir, metrics_path = Path(clean_dir), Path(out_dir), Path(metrics_path)
+    rows = read_manifest(clean_dir / "manifest.csv")
+    classes, by_split = assign_splits(rows, seed, split_params)
+    metrics = split_metrics(classes, by_split)
+    for name in ("val", "test"):  # a shipped split may lack a class; evaluation still runs
+        absent = [c for c in classes if metrics[name]["classes"][c] == 0]
+        if absent:
+            print(f"warning: no {name} images of class(es) {absent}", file=sys.stderr)
+    write_outputs(out_dir, metrics_path, classes, by_split, metrics)
+    return metrics
