@@ -28,11 +28,11 @@ import yaml
 
 from bench.machine import ROOT, SHARED, load, markers, write_block
 from bench.train_bench import DATASET, IMAGE_SIZE, prepare
+from transferline import models
 from transferline.config.params import validate
 from transferline.engine import fit as loop
 from transferline.engine import runtime
 from transferline.engine.train import train
-from transferline.models import registry as models
 
 
 def _sync(device: torch.device) -> None:

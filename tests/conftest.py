@@ -252,9 +252,9 @@ def mounts():
 def checkpoint_meta(arch: str = "cnn2", classes=("a", "b", "c"), image_size: int = 32,
                     head=None) -> dict:
     """Checkpoint metadata as train writes it, for a model built by hand in a test."""
+    from transferline import models
     from transferline.config.params import Clean
     from transferline.data.transforms import resize_size
-    from transferline.models import registry as models
     mean, std = models.norm_stats(arch)
     return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
             "transform": {"image_size": image_size, "resize_size": resize_size(image_size),

@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
+from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import validate
 from transferline.data import transforms
 from transferline.engine.evaluate import compute_metrics, confusion_records, evaluate, scores
 from transferline.engine.inference import predict_probs
-from transferline.models import registry as models
 
 from conftest import ROOT, checkpoint_meta, make_image_folder
 

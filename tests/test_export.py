@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from transferline import models
 from transferline.commands import predict as predict_cmd
 from transferline.config import archs
 from transferline.config.params import Export
 from transferline.engine import predict
 from transferline.models import bundle, export
-from transferline.models import registry as models
 
 from conftest import ROOT, checkpoint_meta, make_image_folder, run
 

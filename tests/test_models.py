@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from transferline import models
 from transferline.config import archs
 from transferline.config.errors import StageError
 from transferline.data.transforms import eval_transform
-from transferline.models import registry as models
 
 from conftest import checkpoint_meta
 

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from stages import predict as predict_stage
+from transferline import models
 from transferline.commands import predict as predict_cmd
 from transferline.config.errors import StageError
 from transferline.config.params import Clean, validate
@@ -27,9 +28,8 @@ from transferline.data.transforms import eval_transform, read_image
 from transferline.engine import predict
 from transferline.engine.inference import predict_probs
 from transferline.models import bundle
-from transferline.models import registry as models
 
-from conftest import ROOT, checkpoint_meta, make_image_folder, write_image
+from conftest import checkpoint_meta, make_image_folder, write_image
 
 CLASSES = ("a", "b", "c")
 CLEAN = Clean(max_short_side=32, workers=1)  # small, so every test image is downscaled

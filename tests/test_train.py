@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from stages import train as stages_train
+from transferline import models
 from transferline.config.errors import ParamsError, StageError, run_main
 from transferline.data import datasets as data
 from transferline.data.transforms import eval_transform
 from transferline.engine import train as train_stage
-from transferline.models import registry as models
 
 from conftest import CLASSES, make_clean_split, make_params, run_train
 

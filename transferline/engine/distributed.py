@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from transferline.config.errors import StageError
 
@@ -120,3 +122,10 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, once with several processes (rank 0 writes it), printed
+    above any progress bar."""
+    if world().main:
+        tqdm.write(msg, file=sys.stderr)

@@ -29,13 +29,13 @@ from sklearn.metrics import (
 )
 from tqdm import tqdm
 
+from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import Evaluate
 from transferline.data import datasets as data
 from transferline.data import transforms
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
-from transferline.models import registry as models
 from transferline.outputs import metrics as seeds
 from transferline.outputs.atomic import write_json
 

@@ -1,20 +1,14 @@
-"""The training engine that transferline/engine/train.py drives: an optimiser and schedule per phase, the two
-kinds of step (the whole network on image batches, or only the head on backbone features
-computed once), epochs with early stopping, the best epoch's weights, and a resumable state
-written after every epoch.
-
-Resuming: with a `Resume` the state after each epoch (weights, optimiser, schedule, grad scaler,
-every random generator, the history and best-so-far, where in which phase) is written atomically
-to one file. A later run with the same fingerprint (same config, code and data) starts from it
-and ends with the same bytes as a run that was never interrupted; a state with another
-fingerprint is discarded. The stage removes the file once its outputs are written.
+"""The training engine that transferline/engine/train.py drives: an optimiser and schedule per
+phase, the two kinds of step (the whole network on image batches, or only the head on backbone
+features computed once), epochs with early stopping, and the best epoch's weights. After every
+epoch the whole state goes to a `resume.Resume`, so an interrupted run continues where it
+stopped (transferline/engine/resume.py).
 """
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -22,17 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from transferline import models
 from transferline.config.params import Phase
 from transferline.engine import distributed
+from transferline.engine.distributed import log
+from transferline.engine.resume import Resume, rng_state, set_rng_state
 from transferline.engine.runtime import Runtime
-from transferline.models import registry as models
-from transferline.outputs import atomic as files
-
-
-def log(msg: str) -> None:
-    if distributed.world().main:  # one copy of each line with several processes
-        tqdm.write(msg, file=sys.stderr)
-
 
 # ---- optimiser and schedule per phase -------------------------------------------------------
 
@@ -189,54 +178,6 @@ def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor
             distributed.gather_rows(torch.cat(labels), total))
 
 
-# ---- resumable state ------------------------------------------------------------------------
-
-@dataclass
-class Resume:
-    """Where one training run keeps its state between epochs, and what it must match."""
-    path: Path
-    fingerprint: str
-
-    def load(self, device: torch.device) -> dict | None:
-        """The saved state if it belongs to this run; a stale or unreadable one is removed."""
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception as exc:  # a torn or foreign file: start over rather than fail
-            log(f"{self.path}: unreadable resume state ({exc}); starting from scratch")
-            state = None
-        if state is None or state.get("fingerprint") != self.fingerprint:
-            if state is not None:
-                log(f"{self.path}: resume state of other params, code or data; discarded")
-            self.clear()
-            return None
-        return state
-
-    def save(self, state: dict) -> None:
-        """Atomically (files.written): a kill at any moment leaves the previous epoch's state
-        or this one, and at worst a temporary that the next save removes."""
-        with files.written(self.path) as tmp:
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _rng_state(steps) -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "steps": [g.get_state() for g in steps.generators()]}
-
-
-def _set_rng_state(state: dict, steps) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    for gen, saved in zip(steps.generators(), state["steps"], strict=True):
-        gen.set_state(saved.cpu())
-
-
 # ---- the phases -----------------------------------------------------------------------------
 
 def _better(row: dict, best: dict | None, select: str) -> bool:
@@ -299,7 +240,7 @@ def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
 
 def _restore(state: dict, model, steps) -> tuple[Fit, _Position]:
     model.load_state_dict(state["model"])
-    _set_rng_state(state["rng"], steps)
+    set_rng_state(state["rng"], steps)
     run = Fit(history=state["history"], best=state["best"], best_state=state["best_state"],
               phases=state["phases"], trained=set(state["trained"]),
               resumed_at=len(state["history"]))
@@ -354,7 +295,7 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
 def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position) -> dict:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": steps.scaler.state_dict(), "rng": _rng_state(steps),
+            "scaler": steps.scaler.state_dict(), "rng": rng_state(steps),
             "history": run.history, "best": run.best, "best_state": run.best_state,
             "phases": run.phases, "trained": sorted(run.trained),
             "position": vars(pos).copy()}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transferline import models
 from transferline.config import archs
 from transferline.config.errors import StageError
 from transferline.config.params import SPEED_ONLY as SPEED_ONLY_KEYS
@@ -34,22 +35,24 @@ from transferline.data import transforms
 from transferline.data.transforms import eval_transform, resize_size, train_transform
 from transferline.engine import distributed, runtime
 from transferline.engine import fit as loop
+from transferline.engine import resume as resume_state
 from transferline.engine.fit import Fit
 from transferline.engine.fit import log as _log
+from transferline.engine.resume import Resume
 from transferline.engine.runtime import Runtime, from_params, torch_state
-from transferline.models import registry as models
+from transferline.models import checkpoints, heads, registry, trainable
 from transferline.outputs import atomic as files
 from transferline.outputs import metrics as seeds
 
 PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 # metrics whose spread over train.seeds runs is written under `std`
 SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
-# train.* keys that change speed or bookkeeping, never the weights: left out of the checkpoint
-# and of the resume fingerprint
-# train.* keys that change speed only (params.SPEED_ONLY): not part of what a run depends on
+# train.* keys that change speed only (params.SPEED_ONLY), never the weights: left out of the
+# checkpoint and of the resume fingerprint
 SPEED_ONLY = {key.split(".", 1)[1] for key in SPEED_ONLY_KEYS if key.startswith("train.")}
 # the code a resume state must have been written by (a change starts the run from scratch)
-ENGINE_MODULES = (loop, models, data, runtime, transforms)
+ENGINE_MODULES = (loop, resume_state, registry, heads, trainable, checkpoints, data, runtime,
+                  transforms)
 
 # ---- inputs and outputs ---------------------------------------------------------------------
 
@@ -203,12 +206,12 @@ def _write(model_path, metrics_path, plots_path, meta: dict, model, metrics: dic
 
 
 def _resumes(resume_dir, params: Params, strategy_name: str, classes, rows,
-             clean_dir) -> list[loop.Resume | None]:
+             clean_dir) -> list[Resume | None]:
     """One resume file per seed's run, or None each when resuming is off."""
     if resume_dir is None or not params.train.resume:
         return [None] * params.train.seeds
     fingerprint = _fingerprint(params, strategy_name, classes, rows, clean_dir)
-    return [loop.Resume(Path(resume_dir) / f"seed{params.seed + k}.pt", fingerprint)
+    return [Resume(Path(resume_dir) / f"seed{params.seed + k}.pt", fingerprint)
             for k in range(params.train.seeds)]
 
 
@@ -232,7 +235,7 @@ def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -
 
 
 def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
-                rt: Runtime, resume: loop.Resume | None = None):
+                rt: Runtime, resume: Resume | None = None):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     threads = distributed.threads_per_process(params.threads)
     with torch_state(rt, seed=params.seed, threads=threads):

@@ -19,10 +19,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import Clean
 from transferline.data import transforms
-from transferline.models import registry as models
 
 IMAGENET_SIZE = 224  # px: the resolution every packaged ImageNet backbone was trained at
 SIDECAR_VERSION = 1

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import Export
 from transferline.models import bundle as bundles
-from transferline.models import registry as models
 from transferline.outputs import atomic as files
 
 ONNX_FILE = "model.onnx"

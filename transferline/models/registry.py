@@ -1,14 +1,8 @@
-"""Backbones by name, a generic new head, which parameters train, and checkpoints.
-
-`ARCHS` is the registry: a name in `strategies.<s>.arch` (the names, and which have ImageNet
-weights, are transferline/config/archs.py, which needs no torch) picks a spec that knows how to build
-the network (optionally with ImageNet weights), the input normalisation those weights expect,
-and the backbone's blocks in forward order (what `trainable: N` counts). The classification head
-is found generically: the last `nn.Linear` in the module tree, replaced by a fresh
-`Linear(in_features, num_classes)`.
-
-A checkpoint (`models/<strategy>.pt`) is self-contained: `load_checkpoint(path)` rebuilds the
-architecture with random weights (no network) and loads the saved state.
+"""Backbones by name: `ARCHS` maps a name in `strategies.<s>.arch` (the names, and which have
+ImageNet weights, are transferline/config/archs.py, which needs no torch) to a spec that knows
+how to build the network (optionally with ImageNet weights), the input normalisation those
+weights expect, and the backbone's blocks in forward order (what `trainable: N` counts).
+`build` is a backbone plus a new head (transferline/models/heads.py).
 """
 from __future__ import annotations
 
@@ -26,16 +20,12 @@ from torch import nn
 from transferline.config import archs
 from transferline.config.errors import StageError
 from transferline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from transferline.outputs import atomic as files
+from transferline.models.heads import head_name, new_head, swap_head
 
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
 HALF = (0.5, 0.5, 0.5)
 
 DOWNLOAD_TIMEOUT = 30  # seconds a torchvision weight download may stall before it fails
-
-CHECKPOINT_KEYS = ("arch", "num_classes", "classes", "transform", "clean", "head", "strategy",
-                   "best_epoch", "select")
-
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -210,40 +200,6 @@ def spec(arch: str) -> ArchSpec:
     return ARCHS[arch]
 
 
-class Head(nn.Sequential):
-    """A head richer than one Linear: [Dropout] -> (Linear -> ReLU -> [Dropout]) per hidden
-    width -> Linear. Its own class so head_name finds the whole of it, not its last Linear."""
-
-    def __init__(self, in_features: int, num_classes: int, hidden: list[int], dropout: float):
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Dropout(dropout)] if dropout else []
-            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
-            in_features = width
-        layers += [nn.Dropout(dropout)] if dropout else []
-        super().__init__(*layers, nn.Linear(in_features, num_classes))
-
-
-def new_head(in_features: int, num_classes: int, head: Any = None,
-             bias: bool = True) -> nn.Module:
-    """`head` (params.Head or its dict; None = default): one nn.Linear when it has no hidden
-    layer and no dropout (the default, state_dict keys as before), else a Head."""
-    cfg = head_spec(head)
-    hidden, dropout = cfg["hidden"], cfg["dropout"]
-    if not hidden and not dropout:
-        return nn.Linear(in_features, num_classes, bias=bias)
-    return Head(in_features, num_classes, hidden, dropout)
-
-
-def head_spec(head: Any = None) -> dict:
-    """{"hidden": [widths], "dropout": p} from params.Head, its dict, or None (the default)."""
-    if hasattr(head, "model_dump"):
-        head = head.model_dump()
-    head = head or {}
-    return {"hidden": [int(w) for w in head.get("hidden", [])],
-            "dropout": float(head.get("dropout", 0.0))}
-
-
 def build(arch: str, num_classes: int, weights: str, head: Any = None) -> nn.Module:
     """The backbone (ImageNet weights when "pretrained", random when "none") + a new head
     (`head`: params.Head or its dict; None = one Linear)."""
@@ -259,151 +215,11 @@ def backbone(arch: str, weights: str) -> nn.Module:
     return ARCHS[arch].make(weights == "pretrained")
 
 
-def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.Module:
-    """Put `new` at dotted `name` (default: the head, see head_name); returns the module it
-    replaced."""
-    parent, _, leaf = (name or head_name(model)).rpartition(".")
-    owner = model.get_submodule(parent) if parent else model
-    old = getattr(owner, leaf)
-    setattr(owner, leaf, new)
-    return old
-
-
 def norm_stats(arch: str) -> tuple[list[float], list[float]]:
     s = spec(arch)
     return list(s.mean), list(s.std)
 
 
-def head_name(model: nn.Module) -> str:
-    """Dotted name of the classification head: the Head module when there is one (a richer head,
-    see new_head), else the last nn.Linear in the module tree."""
-    heads = [n for n, m in model.named_modules() if isinstance(m, Head)]
-    if heads:
-        return heads[-1]
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise StageError(f"{type(model).__name__} has no nn.Linear to use as the head")
-    return linears[-1]
-
-
 def blocks(model: nn.Module, arch: str) -> list[str]:
     """Dotted names of the backbone's blocks in forward order (what `trainable: N` counts)."""
     return spec(arch).blocks(model)
-
-
-# ---- which parameters train -----------------------------------------------------------------
-
-def _under(names: list[str], prefix: str) -> set[str]:
-    return {n for n in names if n == prefix or n.startswith(prefix + ".")}
-
-
-def _selected(model: nn.Module, arch: str, trainable: Any, names: list[str]) -> set[str]:
-    if trainable == "all":
-        return set(names)
-    head = _under(names, head_name(model))
-    if trainable == "head":
-        return head
-    if type(trainable) is int:
-        bl = blocks(model, arch)
-        if not 1 <= trainable <= len(bl):
-            raise StageError(f"trainable: {trainable}, but {arch} has {len(bl)} blocks "
-                             f"({', '.join(bl)}); use 1..{len(bl)}, or `all`")
-        first = next(i for i, n in enumerate(names) if _under([n], bl[-trainable]))
-        return set(names[first:]) | head  # every parameter from that block on, in forward order
-    if isinstance(trainable, list):
-        modules = dict(model.named_modules())
-        unknown = [t for t in trainable if not t or t not in modules]
-        if unknown:
-            top = [n for n, _ in model.named_children()]
-            raise StageError(f"trainable: no module named {unknown} in {arch}; names are dotted "
-                             f"module paths, e.g. top level {top} or blocks {blocks(model, arch)}")
-        return head.union(*(_under(names, t) for t in trainable))
-    raise StageError(f"trainable: {trainable!r}; use all | head | N | [module names]")
-
-
-def _trainable_modules(module: nn.Module, prefix: str = "") -> list[str]:
-    """Shortest dotted names covering exactly the trainable parameters."""
-    out = []
-    for name, p in module.named_parameters(recurse=False):
-        if p.requires_grad:
-            out.append(prefix + name)
-    for name, child in module.named_children():
-        flags = {p.requires_grad for p in child.parameters()}
-        if flags == {True}:
-            out.append(prefix + name)
-        elif True in flags:
-            out.extend(_trainable_modules(child, f"{prefix}{name}."))
-    return out
-
-
-def set_trainable(model: nn.Module, arch: str, trainable: Any) -> dict:
-    """Set requires_grad: "all" | "head" | N (block[-N] onward + head) | [module names] (+ head).
-
-    Returns {"trainable_params", "total_params", "trainable_modules"}.
-    """
-    names = [n for n, _ in model.named_parameters()]
-    chosen = _selected(model, arch, trainable, names)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in chosen)
-    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "trainable_modules": _trainable_modules(model)}
-
-
-def train_mode(model: nn.Module) -> nn.Module:
-    """model.train(), except that fully frozen modules stay in eval mode.
-
-    A module whose parameters all have requires_grad=False (a frozen block, or a frozen
-    BatchNorm inside a trainable one) is put in eval mode with everything inside it, so BN
-    running statistics of frozen parts do not drift towards the new data and frozen dropout /
-    stochastic depth stay off. Parameter-free modules (ReLU, the dropout before the head) follow
-    their parent.
-    """
-    model.train()
-
-    def visit(module: nn.Module) -> None:
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
-            return
-        for child in module.children():
-            visit(child)
-
-    visit(model)
-    return model
-
-
-# ---- checkpoints ----------------------------------------------------------------------------
-
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
-    """Atomically write {**meta, "state_dict"} (see docs/pipeline.md) to `path`.
-
-    torch.save records the file name inside its zip; `files.written` writes it under its final
-    name in a temporary folder beside `path` and then moves it: same tensors -> same bytes.
-    """
-    missing = [k for k in CHECKPOINT_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"checkpoint meta lacks {missing}")
-    state = cpu_state(model.state_dict())
-    with files.written(Path(path)) as tmp:
-        torch.save({**meta, "state_dict": state}, tmp)
-
-
-def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, row-major copies of a state dict: the same bytes whether a run used CUDA or
-    channels_last."""
-    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-            for k, v in state.items()}
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, checkpoint dict); needs no network and no params.yaml."""
-    path = Path(path)
-    if not path.is_file():
-        raise StageError(f"{path}: model checkpoint not found; run the train stage first")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    model = build(ckpt["arch"], ckpt["num_classes"], "none", ckpt.get("head"))
-    model.load_state_dict(ckpt["state_dict"])
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval(), ckpt
