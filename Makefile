@@ -2,7 +2,7 @@
 # Both create .venv from the pinned requirements.txt the first time and install the project
 # into it (pip install -e .), which puts the `transferline` command on its PATH.
 # make check [REV=...]: re-run REV (default HEAD) in a clean clone, compare with its commit.
-# make lint: ruff's checks over the tree (.ci/run runs it before the tests).
+# make lint: ruff's checks and its formatter over the tree (.ci/run runs it before the tests).
 REV    ?= HEAD
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,6 +37,7 @@ test: $(STAMP) $(TEMPLATE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 check: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/transferline check --rev $(REV)

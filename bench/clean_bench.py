@@ -10,6 +10,7 @@ section of BENCHMARKS.md (the notes written around it stay).
 
 Run from the repo root:  .venv/bin/python -m bench.clean_bench --repeats 5 --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ from transferline.data import clean as clean_mod
 from transferline.data.clean import clean, discover
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = Path(os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"),
-               "datasets", "PetImages-subset")
+DATASET = Path(
+    os.environ.get("TRANSFERLINE_SHARED", ROOT.parent / "shared"), "datasets", "PetImages-subset"
+)
 
 
 def _extracted(tmp: Path) -> Path:
@@ -73,8 +75,9 @@ def _time_imread(paths: list[Path]) -> float:
 def _time_pool_start() -> float:
     """Start clean's 2-process pool and run a no-op on each worker (the fixed cost of (a))."""
     start = time.perf_counter()
-    with ProcessPoolExecutor(2, mp_context=clean_mod._worker_context(),
-                             initializer=clean_mod._init_worker) as pool:
+    with ProcessPoolExecutor(
+        2, mp_context=clean_mod._worker_context(), initializer=clean_mod._init_worker
+    ) as pool:
         list(pool.map(abs, [1, 2]))
     return time.perf_counter() - start
 
@@ -101,8 +104,17 @@ def _time_control(pool: ProcessPoolExecutor) -> float:
 def run(repeats: int) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Timings per variant (and diagnostics), and how many files each variant reads."""
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    times = {"a": [], "b": [], "c": [], "d": [], "cpu_a": [], "cpu_b": [], "control": [],
-             "start_cold": [_time_pool_start()], "start_warm": [_time_pool_start()]}
+    times = {
+        "a": [],
+        "b": [],
+        "c": [],
+        "d": [],
+        "cpu_a": [],
+        "cpu_b": [],
+        "control": [],
+        "start_cold": [_time_pool_start()],
+        "start_warm": [_time_pool_start()],
+    }
     control = ProcessPoolExecutor(2, mp_context=clean_mod._worker_context())
     with tempfile.TemporaryDirectory() as tmp, control:
         ex = _extracted(Path(tmp))
@@ -121,33 +133,40 @@ def run(repeats: int) -> tuple[dict[str, list[float]], dict[str, int]]:
 
 
 def table(times: dict[str, list[float]], counts: dict[str, int]) -> str:
-    labels = {"a": "(a) clean, 2 workers", "b": "(b) clean, 1 worker",
-              "c": "(c) serial cv2.imread loop (decode only)",
-              "d": "(d) serial cv2.imread loop over clean's output (what each epoch decodes)"}
+    labels = {
+        "a": "(a) clean, 2 workers",
+        "b": "(b) clean, 1 worker",
+        "c": "(c) serial cv2.imread loop (decode only)",
+        "d": "(d) serial cv2.imread loop over clean's output (what each epoch decodes)",
+    }
     start_cold, start_warm = times["start_cold"][0], times["start_warm"][0]
     rows = ["| run | median s | min s | files/s (median) |", "|---|---:|---:|---:|"]
     med = {k: statistics.median(times[k]) for k in labels}
     for key, label in labels.items():
-        rows.append(f"| {label} | {med[key]:.3f} | {min(times[key]):.3f} | "
-                    f"{counts[key] / med[key]:.0f} |")
-    rows += ["", f"- (a) vs (b), speed-up from the second worker: "
-                 f"{med['b'] / med['a']:.2f}x median, {min(times['b']) / min(times['a']):.2f}x "
-                 f"min (goal >= 1.7x on 2 cores)",
-             f"- (a) vs (c), full clean with 2 workers vs the decode-only loop: "
-             f"{med['c'] / med['a']:.2f}x (above 1: faster than the naive loop)",
-             f"- free cores during the run (control: the same fixed CPU work in 2 processes "
-             f"at once vs 1 alone, wall ratio; 1.00 = 2 free cores, 2.00 = one): "
-             f"median {statistics.median(times['control']):.2f}, per repeat "
-             f"{', '.join(f'{x:.2f}' for x in times['control'])}",
-             f"- CPU seconds per run (median; (a) = main process + both workers): "
-             f"(a) {statistics.median(times['cpu_a']):.2f}, "
-             f"(b) {statistics.median(times['cpu_b']):.2f}; equal CPU means the split adds no "
-             f"work, and on 2 idle cores (a) would take about half its CPU plus the start-up",
-             f"- fixed cost inside (a): starting the 2 worker processes takes "
-             f"{start_warm:.3f} s once the forkserver runs; the first pool of a process also "
-             f"starts the forkserver (imports cv2, numpy, Pillow): {start_cold:.3f} s; a "
-             f"`python -m stages.clean` run pays both (n = 1 each, measured before the runs "
-             f"above, so no (a) run includes the forkserver start)"]
+        rows.append(
+            f"| {label} | {med[key]:.3f} | {min(times[key]):.3f} | {counts[key] / med[key]:.0f} |"
+        )
+    rows += [
+        "",
+        f"- (a) vs (b), speed-up from the second worker: "
+        f"{med['b'] / med['a']:.2f}x median, {min(times['b']) / min(times['a']):.2f}x "
+        f"min (goal >= 1.7x on 2 cores)",
+        f"- (a) vs (c), full clean with 2 workers vs the decode-only loop: "
+        f"{med['c'] / med['a']:.2f}x (above 1: faster than the naive loop)",
+        f"- free cores during the run (control: the same fixed CPU work in 2 processes "
+        f"at once vs 1 alone, wall ratio; 1.00 = 2 free cores, 2.00 = one): "
+        f"median {statistics.median(times['control']):.2f}, per repeat "
+        f"{', '.join(f'{x:.2f}' for x in times['control'])}",
+        f"- CPU seconds per run (median; (a) = main process + both workers): "
+        f"(a) {statistics.median(times['cpu_a']):.2f}, "
+        f"(b) {statistics.median(times['cpu_b']):.2f}; equal CPU means the split adds no "
+        f"work, and on 2 idle cores (a) would take about half its CPU plus the start-up",
+        f"- fixed cost inside (a): starting the 2 worker processes takes "
+        f"{start_warm:.3f} s once the forkserver runs; the first pool of a process also "
+        f"starts the forkserver (imports cv2, numpy, Pillow): {start_cold:.3f} s; a "
+        f"`python -m stages.clean` run pays both (n = 1 each, measured before the runs "
+        f"above, so no (a) run includes the forkserver start)",
+    ]
     return "\n".join(rows)
 
 
@@ -155,17 +174,19 @@ BEGIN, END = markers("clean_bench")
 
 
 def results_block(body: str, repeats: int, counts: dict[str, int], load_before: tuple) -> str:
-    return (f"{BEGIN}\n"
-            f"Command: `.venv/bin/python -m bench.clean_bench --repeats {repeats} --write`  \n"
-            f"Data: ../shared/datasets/PetImages-subset ({counts['a']} files, 32 MiB; clean "
-            f"keeps {counts['d']})  \n"
-            f"Machine: {machine()}; "
-            f"Python {platform.python_version()}, OpenCV {cv2.__version__}  \n"
-            f"Load average (1/5/15 min) before {load(load_before)}, after "
-            f"{load(os.getloadavg())}  \n"
-            f"n = {repeats} runs of each, interleaved a, b, c, d, control; wall-clock seconds, "
-            f"page cache "
-            f"warm (one untimed run first).\n\n{body}\n{END}")
+    return (
+        f"{BEGIN}\n"
+        f"Command: `.venv/bin/python -m bench.clean_bench --repeats {repeats} --write`  \n"
+        f"Data: ../shared/datasets/PetImages-subset ({counts['a']} files, 32 MiB; clean "
+        f"keeps {counts['d']})  \n"
+        f"Machine: {machine()}; "
+        f"Python {platform.python_version()}, OpenCV {cv2.__version__}  \n"
+        f"Load average (1/5/15 min) before {load(load_before)}, after "
+        f"{load(os.getloadavg())}  \n"
+        f"n = {repeats} runs of each, interleaved a, b, c, d, control; wall-clock seconds, "
+        f"page cache "
+        f"warm (one untimed run first).\n\n{body}\n{END}"
+    )
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ on synthetic data already on the device, EfficientNet-Lite0 (packaged weights) a
 
   synthetic   random (B, 3, 224, 224) batches already on the GPU: the model's ceiling (our
               runtime: autocast at runtime.precision, channels_last)
-  ours        transferline.engine.train.train on hymenoptera prepared by our own stages (decoded once,
+  ours        transferline.engine.train.train on hymenoptera prepared by our own stages (decoded
+  once,
               loader workers, pinned memory), strategy `finetune`
   tutorial    the tutorial's loop on the GPU: ImageFolder, batch 4, every JPEG decoded at full
               size every epoch, fp32 (tutorial_baseline.py moved to the device, as the tutorial
@@ -14,6 +15,7 @@ machine; `--device cpu --quick` is the smoke test the suite runs (no numbers wor
 
     .venv/bin/python -m bench.gpu_bench --write        # on a CUDA machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +64,15 @@ def ours(work: Path, device: str, epochs: int, workers: int) -> float:
     raw.setdefault("runtime", {})["device"] = device
     raw["strategies"]["finetune"]["epochs"] = epochs
     params = validate(raw, "params.yaml (gpu_bench overrides)")
-    got = train("finetune", params, clean_dir=work / "clean", split_dir=work / "split",
-                model_path=work / "m.pt", metrics_path=work / "m.json",
-                plots_path=work / "p.tsv")
+    got = train(
+        "finetune",
+        params,
+        clean_dir=work / "clean",
+        split_dir=work / "split",
+        model_path=work / "m.pt",
+        metrics_path=work / "m.json",
+        plots_path=work / "p.tsv",
+    )
     rows = got["history"][1:] or got["history"]  # the first epoch warms up
     return sum(r["images"] for r in rows) / sum(r["seconds"] for r in rows)
 
@@ -74,14 +82,26 @@ def tutorial(data: Path, device: torch.device, epochs: int, workers: int) -> flo
     import timm
     from torchvision import datasets
     from torchvision import transforms as T
+
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    tf = {"train": T.Compose([T.RandomResizedCrop(IMAGE_SIZE), T.RandomHorizontalFlip(),
-                              T.ToTensor(), T.Normalize(mean, std)]),
-          "val": T.Compose([T.Resize(256), T.CenterCrop(IMAGE_SIZE), T.ToTensor(),
-                            T.Normalize(mean, std)])}
+    tf = {
+        "train": T.Compose(
+            [
+                T.RandomResizedCrop(IMAGE_SIZE),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        ),
+        "val": T.Compose(
+            [T.Resize(256), T.CenterCrop(IMAGE_SIZE), T.ToTensor(), T.Normalize(mean, std)]
+        ),
+    }
     sets = {k: datasets.ImageFolder(str(data / k), tf[k]) for k in tf}
-    loaders = {k: torch.utils.data.DataLoader(sets[k], batch_size=4, shuffle=True,
-                                              num_workers=workers) for k in sets}
+    loaders = {
+        k: torch.utils.data.DataLoader(sets[k], batch_size=4, shuffle=True, num_workers=workers)
+        for k in sets
+    }
     net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=2).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     seen, start = 0, time.perf_counter()
@@ -121,12 +141,21 @@ def table(runs: dict[str, list[float]], args, device_name: str, load_before: str
     tut = statistics.median(runs["tutorial"])
     for name, values in runs.items():
         med = statistics.median(values)
-        rows.append(f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
-                    f"{med / tut:.1f}x |")
+        rows.append(
+            f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {med / tut:.1f}x |"
+        )
     begin, end = markers("gpu")
-    return "\n".join([begin, f"Device: {device_name}; load before: {load_before}; command: "
-                      f"`python -m bench.gpu_bench --repeats {args.repeats} --epochs "
-                      f"{args.epochs} --workers {args.workers}`.", "", *rows, end])
+    return "\n".join(
+        [
+            begin,
+            f"Device: {device_name}; load before: {load_before}; command: "
+            f"`python -m bench.gpu_bench --repeats {args.repeats} --epochs "
+            f"{args.epochs} --workers {args.workers}`.",
+            "",
+            *rows,
+            end,
+        ]
+    )
 
 
 def main(argv=None) -> None:
@@ -145,11 +174,15 @@ def main(argv=None) -> None:
     if args.quick:
         args.repeats, args.epochs, args.batch, args.steps, args.workers = 1, 1, 2, 2, 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("no CUDA device here: nothing to measure (use --device cpu --quick to check "
-                 "that the script runs)")
+        sys.exit(
+            "no CUDA device here: nothing to measure (use --device cpu --quick to check "
+            "that the script runs)"
+        )
     if not args.data.is_dir():
-        sys.exit(f"{args.data}: not found; point --data at hymenoptera_data (train/, val/) or "
-                 f"set TRANSFERLINE_SHARED (now {SHARED})")
+        sys.exit(
+            f"{args.data}: not found; point --data at hymenoptera_data (train/, val/) or "
+            f"set TRANSFERLINE_SHARED (now {SHARED})"
+        )
     load_before = load()
     runs = measure(args)
     name = torch.cuda.get_device_name(args.device) if args.device != "cpu" else "cpu"

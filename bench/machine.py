@@ -1,5 +1,6 @@
 """What every benchmark records beside its numbers (the machine, how busy it was) and how it
 updates its own generated block in BENCHMARKS.md, leaving the hand-written notes around it."""
+
 from __future__ import annotations
 
 import os

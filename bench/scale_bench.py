@@ -21,6 +21,7 @@ children, sampled every 50 ms.
 
     .venv/bin/python -m bench.scale_bench --write
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +52,16 @@ ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{VENV_BIN}:{os.environ['
 
 # ---- the scaled datasets --------------------------------------------------------------------
 
+
 def perturbed(img: np.ndarray, rng: np.random.Generator) -> bytes:
     h, w = img.shape[:2]
-    t, b, l, r = rng.integers(0, 5, size=4)
-    out = img[t:h - b, l:w - r].astype(np.int16) + int(rng.integers(-4, 5))
-    ok, buf = cv2.imencode(".jpg", np.clip(out, 0, 255).astype(np.uint8),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(88, 96))])
+    top, bottom, left, right = rng.integers(0, 5, size=4)
+    out = img[top : h - bottom, left : w - right].astype(np.int16) + int(rng.integers(-4, 5))
+    ok, buf = cv2.imencode(
+        ".jpg",
+        np.clip(out, 0, 255).astype(np.uint8),
+        [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(88, 96))],
+    )
     assert ok
     return buf.tobytes()
 
@@ -85,8 +90,11 @@ def repo_copy(dst: Path, data: Path) -> Path:
     if (dst / ".complete").exists():
         return dst
     shutil.rmtree(dst, ignore_errors=True)
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                             check=True).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, tracked):
         if (ROOT / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +104,12 @@ def repo_copy(dst: Path, data: Path) -> Path:
     params["dataset"] = "scaled"
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "bench"],
-                ["dvc", "repro", "-q", "split"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-qm", "bench"],
+        ["dvc", "repro", "-q", "split"],
+    ):
         subprocess.run(cmd, cwd=dst, env=ENV, check=True)
     (dst / ".complete").touch()
     return dst
@@ -105,11 +117,13 @@ def repo_copy(dst: Path, data: Path) -> Path:
 
 # ---- one timed process ----------------------------------------------------------------------
 
+
 def timed(cmd: list[str], cwd: Path) -> dict:
     """Wall seconds and peak PSS (process + children, sampled every 50 ms) of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     peak, done = 0, threading.Event()
 
     def sample() -> None:
@@ -142,16 +156,49 @@ def commands(repo: Path, scratch: Path) -> dict[str, list[str]]:
     epoch_params = scratch / "params-epoch.yaml"
     epoch_params.write_text(yaml.safe_dump(params, sort_keys=False))
     return {
-        "clean": [py, "-m", "stages.clean", "--extracted", "data/extracted", "--out",
-                  str(scratch / "clean"), "--metrics", str(scratch / "clean.json"),
-                  "--rejected", str(scratch / "rejected.csv")],
-        "split": [py, "-m", "stages.split", "--clean", "data/clean", "--out",
-                  str(scratch / "split"), "--metrics", str(scratch / "split.json")],
+        "clean": [
+            py,
+            "-m",
+            "stages.clean",
+            "--extracted",
+            "data/extracted",
+            "--out",
+            str(scratch / "clean"),
+            "--metrics",
+            str(scratch / "clean.json"),
+            "--rejected",
+            str(scratch / "rejected.csv"),
+        ],
+        "split": [
+            py,
+            "-m",
+            "stages.split",
+            "--clean",
+            "data/clean",
+            "--out",
+            str(scratch / "split"),
+            "--metrics",
+            str(scratch / "split.json"),
+        ],
         "status": [str(VENV_BIN / "dvc"), "status", "split"],
-        "epoch": [py, "-m", "stages.train", "scratch", "--clean", "data/clean", "--split",
-                  "data/split", "--model", str(scratch / "m.pt"), "--metrics",
-                  str(scratch / "m.json"), "--plots", str(scratch / "p.tsv"), "--params",
-                  str(epoch_params)],
+        "epoch": [
+            py,
+            "-m",
+            "stages.train",
+            "scratch",
+            "--clean",
+            "data/clean",
+            "--split",
+            "data/split",
+            "--model",
+            str(scratch / "m.pt"),
+            "--metrics",
+            str(scratch / "m.json"),
+            "--plots",
+            str(scratch / "p.tsv"),
+            "--params",
+            str(epoch_params),
+        ],
     }
 
 
@@ -170,29 +217,38 @@ STEPS = ("clean", "split", "status", "epoch")
 
 
 def table(results: dict) -> str:
-    rows = ["| size | files | kept | " + " | ".join(f"{s} s (median) | {s} peak MiB (PSS)"
-                                                    for s in STEPS) + " |",
-            "|---|---:|---:|" + "---:|---:|" * len(STEPS)]
+    rows = [
+        "| size | files | kept | "
+        + " | ".join(f"{s} s (median) | {s} peak MiB (PSS)" for s in STEPS)
+        + " |",
+        "|---|---:|---:|" + "---:|---:|" * len(STEPS),
+    ]
     for size, r in results.items():
         cells = []
         for s in STEPS:
             runs = r["runs"][s]
-            cells += [f"{statistics.median(x['seconds'] for x in runs):.1f}",
-                      f"{statistics.median(x['peak_mib'] for x in runs):.0f}"]
-        rows.append(f"| {size} | {r['files']} | {r['facts']['kept']} | " + " | ".join(cells)
-                    + " |")
+            cells += [
+                f"{statistics.median(x['seconds'] for x in runs):.1f}",
+                f"{statistics.median(x['peak_mib'] for x in runs):.0f}",
+            ]
+        rows.append(f"| {size} | {r['files']} | {r['facts']['kept']} | " + " | ".join(cells) + " |")
     lines = ["", "Each run, in seconds (load 1 min at its start):", ""]
     for size, r in results.items():
         for s in STEPS:
             each = ", ".join(f"{x['seconds']:.1f} ({x['load']:.2f})" for x in r["runs"][s])
             lines.append(f"- {size} {s}: {each}")
     cap = CACHE_FILE_BYTES / 2**20
-    lines += ["", f"- decoded-image cache: kept in memory when a split's clean JPEGs add up to "
-              f"at most {cap:.0f} MiB (`transferline/data/datasets.py` CACHE_FILE_BYTES), else decoded per "
-              f"sample; train + val JPEGs here: " + ", ".join(
-                  f"{size} {r['facts']['clean_mib']:.0f} MiB for all of data/clean "
-                  f"({r['facts']['train_val']} train + val rows)"
-                  for size, r in results.items())]
+    lines += [
+        "",
+        f"- decoded-image cache: kept in memory when a split's clean JPEGs add up to "
+        f"at most {cap:.0f} MiB (`transferline/data/datasets.py` CACHE_FILE_BYTES), else "
+        f"decoded per sample; train + val JPEGs here: "
+        + ", ".join(
+            f"{size} {r['facts']['clean_mib']:.0f} MiB for all of data/clean "
+            f"({r['facts']['train_val']} train + val rows)"
+            for size, r in results.items()
+        ),
+    ]
     return "\n".join(rows + lines)
 
 
@@ -200,8 +256,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1,4,16", help="multiples of the subset (default 1,4,16)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/transferline-scale"),
-                    help="built data and repository copies (kept between runs)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/transferline-scale"),
+        help="built data and repository copies (kept between runs)",
+    )
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = ap.parse_args()
     if not DATASET.is_dir():
@@ -222,8 +282,12 @@ def main() -> None:
             for s in STEPS:
                 load1 = os.getloadavg()[0]
                 runs[s].append({**timed(cmds[s], repo), "load": load1})
-                print(size, s, json.dumps({k: v for k, v in runs[s][-1].items()
-                                           if k != "stdout"}), file=sys.stderr)
+                print(
+                    size,
+                    s,
+                    json.dumps({k: v for k, v in runs[s][-1].items() if k != "stdout"}),
+                    file=sys.stderr,
+                )
         status = runs["status"][-1]["stdout"]
         if "up to date" not in status:
             sys.exit(f"dvc status in {repo} is not clean:\n{status}")
@@ -233,15 +297,17 @@ def main() -> None:
     print(body)
     if args.write:
         begin, end = markers("scale_bench")
-        block = (f"{begin}\nCommand: `.venv/bin/python -m bench.scale_bench "
-                 f"{' '.join(sys.argv[1:])}`  \n"
-                 f"Data: ../shared/datasets/PetImages-subset at 1x, plus perturbed re-encodings "
-                 f"of each photo for the larger sizes (see the script)  \n"
-                 f"Machine: {machine()}; Python {platform.python_version()}  \n"
-                 f"Load average (1/5/15 min) before {load(load_before)}, after "
-                 f"{load(os.getloadavg())}  \n"
-                 f"n = {args.repeats} runs of each command per size; wall-clock seconds of the "
-                 f"whole process (start-up included), page cache warm.\n\n{body}\n{end}")
+        block = (
+            f"{begin}\nCommand: `.venv/bin/python -m bench.scale_bench "
+            f"{' '.join(sys.argv[1:])}`  \n"
+            f"Data: ../shared/datasets/PetImages-subset at 1x, plus perturbed re-encodings "
+            f"of each photo for the larger sizes (see the script)  \n"
+            f"Machine: {machine()}; Python {platform.python_version()}  \n"
+            f"Load average (1/5/15 min) before {load(load_before)}, after "
+            f"{load(os.getloadavg())}  \n"
+            f"n = {args.repeats} runs of each command per size; wall-clock seconds of the "
+            f"whole process (start-up included), page cache warm.\n\n{body}\n{end}"
+        )
         write_block("scale_bench", "scale", block)
 
 

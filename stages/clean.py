@@ -44,6 +44,7 @@ the results in sorted source order, so the output is byte-identical for any work
 Everything goes to a temporary folder beside --out that replaces it at the end: an interrupted
 run leaves the previous output (or none), never a mix.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load(args.params)
     summary = clean(args.extracted, args.out, args.metrics, args.rejected, params.clean)
-    print(f"clean: kept {summary.kept}, rejected {summary.rejected} "
-          f"({', '.join(f'{r} {n}' for r, n in summary.reasons.items() if n)})")
+    print(
+        f"clean: kept {summary.kept}, rejected {summary.rejected} "
+        f"({', '.join(f'{r} {n}' for r, n in summary.reasons.items() if n)})"
+    )
 
 
 if __name__ == "__main__":

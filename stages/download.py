@@ -10,6 +10,7 @@ file there by hand under the name the error message gives.
 
     python -m stages.download --out data/raw --cache .cache/downloads
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,24 @@ from transferline.data.download import download_dataset
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder for the archives and sources.json (data/raw)")
-    parser.add_argument("--cache", type=Path, required=True,
-                        help="download cache kept between runs (.cache/downloads)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for the archives and sources.json (data/raw)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        required=True,
+        help="download cache kept between runs (.cache/downloads)",
+    )
     add_option(parser)
     args = parser.parse_args(argv)
     params = load(args.params)
-    for f in download_dataset(params.active_dataset, args.out, args.cache, params.download,
-                              params.seed):
+    for f in download_dataset(
+        params.active_dataset, args.out, args.cache, params.download, params.seed
+    ):
         print(f"{f.how:<10} {f.name}  sha256={f.sha256}")
 
 

@@ -12,6 +12,7 @@ plot, so the metrics stay a handful of columns at 100 classes) and `plots/confus
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
         --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,23 @@ from transferline.engine.evaluate import evaluate
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("strategy", help="name of an entry under `strategies:` in params.yaml")
     ap.add_argument("--clean", type=Path, required=True, help="data/clean (images)")
     ap.add_argument("--split", type=Path, required=True, help="data/split (classes.json, test.csv)")
     ap.add_argument("--model", type=Path, required=True, help="checkpoint models/<strategy>.pt")
     ap.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     ap.add_argument("--confusion", type=Path, required=True, help="confusion records to write")
-    ap.add_argument("--per-class", type=Path, required=True,
-                    help="per-class precision/recall/F1/support records to write (a DVC plot)")
+    ap.add_argument(
+        "--per-class",
+        type=Path,
+        required=True,
+        help="per-class precision/recall/F1/support records to write (a DVC plot)",
+    )
     add_option(ap)
     return ap.parse_args(argv)
 
@@ -43,13 +51,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
     params.strategy(args.strategy)  # an unknown strategy name stops here, naming the choices
-    metrics = evaluate(model_path=args.model, clean_dir=args.clean, split_dir=args.split,
-                       metrics_path=args.metrics, confusion_path=args.confusion,
-                       settings=params.evaluate, seed=params.seed, threads=params.threads,
-                       workers=params.evaluate.workers, rt=runtime.from_params(params.runtime),
-                       per_class_path=args.per_class)
-    print(f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "
-          f"(TTA {metrics['tta']['accuracy']:.4f}), macro F1 {metrics['macro_f1']:.4f}")
+    metrics = evaluate(
+        model_path=args.model,
+        clean_dir=args.clean,
+        split_dir=args.split,
+        metrics_path=args.metrics,
+        confusion_path=args.confusion,
+        settings=params.evaluate,
+        seed=params.seed,
+        threads=params.threads,
+        workers=params.evaluate.workers,
+        rt=runtime.from_params(params.runtime),
+        per_class_path=args.per_class,
+    )
+    print(
+        f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "
+        f"(TTA {metrics['tta']['accuracy']:.4f}), macro F1 {metrics['macro_f1']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ differs in those names (and its serialization id), not in the numbers. They are 
 bytes whatever folder the project (and its virtualenv) sits in: the TorchScript archive is
 written without its debug records, which hold absolute source paths.
 """
+
 from __future__ import annotations
 
 from transferline.commands.export import main

@@ -18,6 +18,7 @@ turns them into one folder named after the format, `<format>/<split>/<class>/<im
 
     python -m stages.extract --raw data/raw --out data/extracted
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from transferline.data.extract import extract_all
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--raw", type=Path, required=True, help="download output (data/raw)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder to unpack into (data/extracted)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder to unpack into (data/extracted)"
+    )
     add_option(parser)
     args = parser.parse_args(argv)
     params = load(args.params)

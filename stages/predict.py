@@ -10,6 +10,7 @@ error, not a failed stage. `transferline predict` is the same classifier for a u
         --best metrics/best.json --models models --csv reports/predictions.csv \
         --gallery reports/predictions.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,17 @@ from transferline.engine.predict import choose_model, collect, gather, predict, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--unlabelled", type=Path, required=True,
-                    help="folder to fill (predict.images, demo images) and classify")
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--unlabelled",
+        type=Path,
+        required=True,
+        help="folder to fill (predict.images, demo images) and classify",
+    )
     ap.add_argument("--best", type=Path, required=True, help="metrics/best.json (select)")
     ap.add_argument("--models", type=Path, required=True, help="folder of checkpoints")
     ap.add_argument("--csv", type=Path, required=True, help="reports/predictions.csv")
@@ -39,10 +47,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     rt = runtime.from_params(params.runtime)
     with runtime.torch_state(rt, seed=params.seed, threads=params.threads):
         b = choose_model(model=None, best=args.best, models=args.models, threads=params.threads)
-        results = predict(collect([args.unlabelled], args.unlabelled), b, top_k=settings.top_k,
-                          tta=settings.tta, rt=rt)
-    write_results(results, b, csv_path=args.csv, gallery_path=args.gallery,
-                  gallery_limit=settings.gallery)
+        results = predict(
+            collect([args.unlabelled], args.unlabelled),
+            b,
+            top_k=settings.top_k,
+            tta=settings.tta,
+            rt=rt,
+        )
+    write_results(
+        results, b, csv_path=args.csv, gallery_path=args.gallery, gallery_limit=settings.gallery
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ byte-identical files (no timestamps, no software versions in the PNGs).
         --predictions reports/predictions.csv --predictions-gallery reports/predictions.png \
         --out reports/report.md --figures reports/figures
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,20 +32,25 @@ from transferline.report.document import report
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag, what in [("--clean", "data/clean (images)"),
-                       ("--split", "data/split (classes.json, train/val/test.csv)"),
-                       ("--train-metrics", "folder of metrics/train/<strategy>.json"),
-                       ("--train-plots", "folder of plots/train/<strategy>.tsv"),
-                       ("--eval-metrics", "folder of metrics/eval/<strategy>.json"),
-                       ("--confusion", "folder of plots/confusion/<strategy>.json"),
-                       ("--per-class", "folder of plots/per_class/<strategy>.json"),
-                       ("--best", "metrics/best.json (the select stage's choice)"),
-                       ("--predictions", "reports/predictions.csv (the predict stage)"),
-                       ("--predictions-gallery", "its PNG, linked from the report"),
-                       ("--out", "report markdown to write"),
-                       ("--figures", "folder of PNG figures to write")]:
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, what in [
+        ("--clean", "data/clean (images)"),
+        ("--split", "data/split (classes.json, train/val/test.csv)"),
+        ("--train-metrics", "folder of metrics/train/<strategy>.json"),
+        ("--train-plots", "folder of plots/train/<strategy>.tsv"),
+        ("--eval-metrics", "folder of metrics/eval/<strategy>.json"),
+        ("--confusion", "folder of plots/confusion/<strategy>.json"),
+        ("--per-class", "folder of plots/per_class/<strategy>.json"),
+        ("--best", "metrics/best.json (the select stage's choice)"),
+        ("--predictions", "reports/predictions.csv (the predict stage)"),
+        ("--predictions-gallery", "its PNG, linked from the report"),
+        ("--out", "report markdown to write"),
+        ("--figures", "folder of PNG figures to write"),
+    ]:
         ap.add_argument(flag, type=Path, required=True, help=what)
     add_option(ap)
     return ap.parse_args(argv)
@@ -53,13 +59,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
-    result = report(clean_dir=args.clean, split_dir=args.split,
-                    train_metrics=args.train_metrics, train_plots=args.train_plots,
-                    eval_metrics=args.eval_metrics, confusion=args.confusion,
-                    per_class=args.per_class,
-                    best=args.best, predictions=args.predictions,
-                    predictions_gallery=args.predictions_gallery, out=args.out,
-                    figures=args.figures, params=params)
+    result = report(
+        clean_dir=args.clean,
+        split_dir=args.split,
+        train_metrics=args.train_metrics,
+        train_plots=args.train_plots,
+        eval_metrics=args.eval_metrics,
+        confusion=args.confusion,
+        per_class=args.per_class,
+        best=args.best,
+        predictions=args.predictions,
+        predictions_gallery=args.predictions_gallery,
+        out=args.out,
+        figures=args.figures,
+        params=params,
+    )
     print(f"{args.out}: {len(result['rows'])} strategies, best {result['best']}")
 
 

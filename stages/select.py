@@ -16,6 +16,7 @@ the strategy listed first), so the chosen strategy's test score is an unbiased e
 does on new images. Picking the strategy with the best *test* score would make that score
 optimistic: the test split would have been used to choose. predict and export use this choice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,28 @@ from transferline.engine.select import select
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.select", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.select",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--train-metrics", type=Path, required=True, help="metrics/train folder")
     ap.add_argument("--eval-metrics", type=Path, required=True, help="metrics/eval folder")
     ap.add_argument("--out", type=Path, required=True, help="metrics/best.json to write")
     add_option(ap)
     args = ap.parse_args(argv)
     params: Params = load(args.params)
-    result = select(list(params.strategies), train_metrics=args.train_metrics,
-                    eval_metrics=args.eval_metrics, out=args.out, by=params.select.by)
-    print(f"best strategy by {result['by']}: {result['strategy']} "
-          f"(val acc {result['val_acc']:.4f}; test accuracy {result['test']['accuracy']:.4f})")
+    result = select(
+        list(params.strategies),
+        train_metrics=args.train_metrics,
+        eval_metrics=args.eval_metrics,
+        out=args.out,
+        by=params.select.by,
+    )
+    print(
+        f"best strategy by {result['by']}: {result['strategy']} "
+        f"(val acc {result['val_acc']:.4f}; test accuracy {result['test']['accuracy']:.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Rules:
 - Labels: the classes of all rows in natural sort order (`1`, `2`, ..., `10`; `img2` before
   `img10`); label = index in classes.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,26 @@ from transferline.data.split import SPLITS, split_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.split", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.split",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--clean", type=Path, required=True, help="clean stage output folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the split lists")
     parser.add_argument("--metrics", type=Path, required=True, help="split metrics JSON file")
     add_option(parser)
     args = parser.parse_args(argv)
     params = load(args.params)
-    metrics = split_dataset(args.clean, args.out, args.metrics, seed=params.seed,
-                            split_params=params.split)
+    metrics = split_dataset(
+        args.clean, args.out, args.metrics, seed=params.seed, split_params=params.split
+    )
     n_classes = len(metrics["train"]["classes"])
-    print(f"split: {n_classes} classes; "
-          + ", ".join(f"{name} {metrics[name]['total']}" for name in SPLITS) + " images")
+    print(
+        f"split: {n_classes} classes; "
+        + ", ".join(f"{name} {metrics[name]['total']}" for name in SPLITS)
+        + " images"
+    )
 
 
 if __name__ == "__main__":

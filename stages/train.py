@@ -15,6 +15,7 @@ are the head's input with the network in eval mode).
 Same params, same machine -> byte-identical outputs: seeded everything, deterministic kernels,
 fixed thread count, no wall-clock times in any output (they go to stderr).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True, help="checkpoint to write (models/S.pt)")
     ap.add_argument("--metrics", required=True, help="metrics JSON to write")
     ap.add_argument("--plots", required=True, help="per-epoch TSV to write")
-    ap.add_argument("--resume", help="folder for the per-epoch resume state (kept outside the "
-                    "tracked outputs; emptied when the stage completes)")
+    ap.add_argument(
+        "--resume",
+        help="folder for the per-epoch resume state (kept outside the "
+        "tracked outputs; emptied when the stage completes)",
+    )
     add_option(ap)
     args = ap.parse_args(argv)
     params = load(args.params)
     if params.train.nproc > 1 and not distributed.launched():
         # the same command, N times, under torchrun's launcher (see stages/distributed.py)
-        distributed.launch(params.train.nproc, "stages.train",
-                           sys.argv[1:] if argv is None else list(argv))
+        distributed.launch(
+            params.train.nproc, "stages.train", sys.argv[1:] if argv is None else list(argv)
+        )
         return
-    train(args.strategy, params, clean_dir=args.clean, split_dir=args.split,
-          model_path=args.model, metrics_path=args.metrics, plots_path=args.plots,
-          resume_dir=args.resume)
+    train(
+        args.strategy,
+        params,
+        clean_dir=args.clean,
+        split_dir=args.split,
+        model_path=args.model,
+        metrics_path=args.metrics,
+        plots_path=args.plots,
+        resume_dir=args.resume,
+    )
 
 
 if __name__ == "__main__":

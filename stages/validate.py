@@ -11,6 +11,7 @@ same bytes, and so re-runs only the stages whose own params changed.
 
     python -m stages.validate --params params.yaml --out data/params.ok
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,11 @@ from transferline.config.validate import validate
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m stages.validate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_option(ap)
     ap.add_argument("--out", required=True, help="stamp file to write (data/params.ok)")
     args = ap.parse_args(argv)

@@ -1,5 +1,6 @@
 """Shared test fixtures: the real params.yaml shrunk to seconds, tiny image folders, the shared
 datasets (skipped with a reason when ../shared is absent), and a throw-away git + DVC repo."""
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,10 @@ def shared_datasets() -> Path:
     """../shared/datasets (real images); tests using it skip when it is not beside the repo."""
     path = SHARED / "datasets"
     if not path.is_dir():
-        pytest.skip(f"real datasets not found at {path} (set TRANSFERLINE_SHARED to the folder "
-                    "holding datasets/); these tests need the shared hymenoptera/PetImages copies")
+        pytest.skip(
+            f"real datasets not found at {path} (set TRANSFERLINE_SHARED to the folder "
+            "holding datasets/); these tests need the shared hymenoptera/PetImages copies"
+        )
     return path
 
 
@@ -61,8 +64,7 @@ def write_image(path: Path, rgb: np.ndarray, ext: str = ".jpg") -> Path:
     return path
 
 
-def make_image_folder(root: Path, classes=("a", "b", "c"), per_class=8, size=48,
-                      seed=0) -> Path:
+def make_image_folder(root: Path, classes=("a", "b", "c"), per_class=8, size=48, seed=0) -> Path:
     """root/<class>/<i>.jpg: each class a distinct colour with noise, so classes are learnable."""
     rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
@@ -83,8 +85,10 @@ def run(cmd: list[str], cwd: Path, check=True, **kw) -> subprocess.CompletedProc
     """Run a command, returning its output; on failure show stdout/stderr in the assertion."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -123,6 +127,7 @@ def make_project_repo(dest: Path, params: dict | None = None) -> Path:
 
 # ---- the clean stage on tiny trees and on the shared real datasets -----------------------------
 
+
 def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> Path:
     """A data/extracted-style folder: sources.json + one entry per source (a link to an existing
     folder, or an empty folder the test fills)."""
@@ -138,9 +143,10 @@ def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> 
     return root
 
 
-def run_clean(ex: Path, out: Path, params: Clean = Clean(workers=1)):
+def run_clean(ex: Path, out: Path, params: Clean | None = None):
     """Run the worker into `out`; return (summary, manifest by source, rejected by source,
     metrics dict)."""
+    params = params or Clean(workers=1)
     summary = clean(ex, out / "clean", out / "clean.json", out / "rejected.csv", params)
     with open(out / "clean" / "manifest.csv", newline="", encoding="utf-8") as f:
         manifest = {r["source"]: r for r in csv.DictReader(f)}
@@ -155,16 +161,23 @@ def pets(shared_datasets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pets")
     ex = extracted_tree(tmp / "extracted", {"PetImages": shared_datasets / "PetImages-subset"})
     summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
-    return dict(summary=summary, manifest=manifest, rejected=rejected, metrics=metrics,
-                src=shared_datasets / "PetImages-subset", out=tmp / "out" / "clean")
+    return dict(
+        summary=summary,
+        manifest=manifest,
+        rejected=rejected,
+        metrics=metrics,
+        src=shared_datasets / "PetImages-subset",
+        out=tmp / "out" / "clean",
+    )
 
 
 @pytest.fixture(scope="session")
 def hymenoptera(shared_datasets, tmp_path_factory):
     """hymenoptera (ships train/ and val/) through clean: its outputs and reports."""
     tmp = tmp_path_factory.mktemp("hym")
-    ex = extracted_tree(tmp / "extracted",
-                        {"hymenoptera_data": shared_datasets / "hymenoptera_data"})
+    ex = extracted_tree(
+        tmp / "extracted", {"hymenoptera_data": shared_datasets / "hymenoptera_data"}
+    )
     summary, manifest, rejected, metrics = run_clean(ex, tmp / "out", Clean(workers=2))
     return dict(manifest=manifest, rejected=rejected, metrics=metrics, out=tmp / "out" / "clean")
 
@@ -193,8 +206,7 @@ def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple
     return clean, split
 
 
-def make_params(params_raw: dict, strategies: dict, runtime: dict | None = None,
-                **train) -> object:
+def make_params(params_raw: dict, strategies: dict, runtime: dict | None = None, **train) -> object:
     """The real params.yaml shrunk to a seconds-long CPU run with the given strategies."""
     raw = dict(params_raw)
     raw["threads"] = 1
@@ -208,13 +220,21 @@ def run_train(params, name: str, dataset, out: Path) -> dict:
     from transferline.engine.train import (
         train,  # torch and the models: only for the tests that train
     )
+
     clean, split = dataset
-    return train(name, params, clean_dir=clean, split_dir=split,
-                             model_path=out / "m.pt", metrics_path=out / "m.json",
-                             plots_path=out / "p.tsv")
+    return train(
+        name,
+        params,
+        clean_dir=clean,
+        split_dir=split,
+        model_path=out / "m.pt",
+        metrics_path=out / "m.json",
+        plots_path=out / "p.tsv",
+    )
 
 
 # ---- small real file systems: full disk and read-only ---------------------------------------
+
 
 class Mounts:
     """tmpfs mounts for tests (root only; skipped with the reason elsewhere), unmounted after."""
@@ -225,11 +245,16 @@ class Mounts:
     def tmpfs(self, path: Path, size: str) -> Path:
         """A tmpfs of `size` bytes (e.g. "2m") at `path`: writes past it fail with ENOSPC."""
         path.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            pytest.skip("needs permission to mount a size-limited tmpfs (root or "
-                        f"CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}")
+            pytest.skip(
+                "needs permission to mount a size-limited tmpfs (root or "
+                f"CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}"
+            )
         self.paths.append(path)
         return path
 
@@ -249,15 +274,28 @@ def mounts():
     m.unmount_all()
 
 
-def checkpoint_meta(arch: str = "cnn2", classes=("a", "b", "c"), image_size: int = 32,
-                    head=None) -> dict:
+def checkpoint_meta(
+    arch: str = "cnn2", classes=("a", "b", "c"), image_size: int = 32, head=None
+) -> dict:
     """Checkpoint metadata as train writes it, for a model built by hand in a test."""
     from transferline import models
     from transferline.config.params import Clean
     from transferline.data.transforms import resize_size
+
     mean, std = models.norm_stats(arch)
-    return {"arch": arch, "num_classes": len(classes), "classes": list(classes),
-            "transform": {"image_size": image_size, "resize_size": resize_size(image_size),
-                          "mean": mean, "std": std},
-            "clean": Clean().model_dump(exclude={"workers"}), "head": models.head_spec(head),
-            "strategy": {"name": "t"}, "best_epoch": 1, "select": "val_acc"}
+    return {
+        "arch": arch,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "transform": {
+            "image_size": image_size,
+            "resize_size": resize_size(image_size),
+            "mean": mean,
+            "std": std,
+        },
+        "clean": Clean().model_dump(exclude={"workers"}),
+        "head": models.head_spec(head),
+        "strategy": {"name": "t"},
+        "best_epoch": 1,
+        "select": "val_acc",
+    }

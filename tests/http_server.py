@@ -1,5 +1,6 @@
 """A real HTTP server on 127.0.0.1 for download tests, with the failure modes they need:
 Range requests (206/416), a connection dropped mid-body, a 500 once, a slow answer, a 404."""
+
 from __future__ import annotations
 
 import socket
@@ -17,10 +18,10 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str | None]] = []
-        self.drop_once: set[str] = set()   # send half the body, then close the connection
-        self.fail_once: set[str] = set()   # answer 500 once
-        self.slow: set[str] = set()        # sleep before answering (client timeout)
-        self.ignore_range = False          # answer 200 with the whole file to a Range request
+        self.drop_once: set[str] = set()  # send half the body, then close the connection
+        self.fail_once: set[str] = set()  # answer 500 once
+        self.slow: set[str] = set()  # sleep before answering (client timeout)
+        self.ignore_range = False  # answer 200 with the whole file to a Range request
 
     def url(self, path: str) -> str:
         return self.base + path

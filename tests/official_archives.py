@@ -7,6 +7,7 @@
 - Oxford Flowers 102: `102flowers.tgz` (`jpg/image_00001.jpg` ...), `imagelabels.mat` (`labels`,
   1 x N, 1..102) and `setid.mat` (`trnid`, `valid`, `tstid`, 1-based ids), written with scipy.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,18 @@ import cv2
 import numpy as np
 import scipy.io
 
-CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-               b"ship", b"truck"]
+CIFAR_NAMES = [
+    b"airplane",
+    b"automobile",
+    b"bird",
+    b"cat",
+    b"deer",
+    b"dog",
+    b"frog",
+    b"horse",
+    b"ship",
+    b"truck",
+]
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
@@ -59,10 +70,12 @@ def cifar_batch(label_seed: int, n: int, batch: str) -> dict:
     """One batch dict as in the originals: b'batch_label', b'labels', b'data', b'filenames'."""
     rng = np.random.default_rng(label_seed)
     labels = [i % len(CIFAR_NAMES) for i in range(n)]  # every class in every batch
-    return {b"batch_label": f"{batch} of 6".encode(),
-            b"labels": labels,
-            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            b"filenames": [f"img_{label_seed}_{i:06d}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": f"{batch} of 6".encode(),
+        b"labels": labels,
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{label_seed}_{i:06d}.png".encode() for i in range(n)],
+    }
 
 
 def tar_gz(members: dict[str, bytes]) -> bytes:
@@ -77,10 +90,13 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
 
 def cifar_members(per_batch: int = 10) -> dict[str, bytes]:
     """{member name: pickle bytes} of the official tarball, editable before packing."""
-    members = {f"cifar-10-batches-py/{b}": py2_pickle(cifar_batch(i, per_batch, b))
-               for i, b in enumerate(CIFAR_BATCHES)}
+    members = {
+        f"cifar-10-batches-py/{b}": py2_pickle(cifar_batch(i, per_batch, b))
+        for i, b in enumerate(CIFAR_BATCHES)
+    }
     members["cifar-10-batches-py/batches.meta"] = py2_pickle(
-        {b"num_cases_per_batch": per_batch, b"label_names": CIFAR_NAMES, b"num_vis": 3072})
+        {b"num_cases_per_batch": per_batch, b"label_names": CIFAR_NAMES, b"num_vis": 3072}
+    )
     return members
 
 
@@ -107,11 +123,17 @@ def flowers_files(classes: int = 12) -> dict[str, bytes]:
     n = 3 * classes
     labels = np.array([[i % classes + 1 for i in range(n)]], dtype=np.float64)
     ids = np.arange(1, n + 1, dtype=np.float64)
-    return {"102flowers.tgz": tar_gz(flowers_images(n)),
-            "imagelabels.mat": mat_bytes({"labels": labels}),
-            "setid.mat": mat_bytes({"trnid": ids[None, :classes],
-                                    "valid": ids[None, classes:2 * classes],
-                                    "tstid": ids[None, 2 * classes:]})}
+    return {
+        "102flowers.tgz": tar_gz(flowers_images(n)),
+        "imagelabels.mat": mat_bytes({"labels": labels}),
+        "setid.mat": mat_bytes(
+            {
+                "trnid": ids[None, :classes],
+                "valid": ids[None, classes : 2 * classes],
+                "tstid": ids[None, 2 * classes :],
+            }
+        ),
+    }
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:

@@ -1,6 +1,7 @@
-"""transferline/tools/check.py on a small real git + DVC repo: an honest revision reproduces (exit 0); a
-hand-altered metric, a metrics file missing from the commit, or non-deterministic data output
+"""transferline/tools/check.py on a small real git + DVC repo: an honest revision reproduces (exit
+0); a hand-altered metric, a metrics file missing from the commit, or non-deterministic data output
 each fail (exit 1) and are named in the table."""
+
 import json
 import os
 import sys
@@ -31,13 +32,30 @@ def toy_repo(path, params_raw, nondeterministic=False, counts=None):
     params_raw["check"]["data_stages"] = ["prepare"]
     (path / "params.yaml").write_text(yaml.safe_dump(params_raw))
     flag = " random" if nondeterministic else ""
-    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "prepare": {"cmd": f"python make_data.py{flag}", "deps": ["make_data.py"],
-                    "outs": ["data.txt"]},
-        "score": {"cmd": "python score.py", "deps": ["data.txt", "score.py"],
-                  "metrics": [{"metrics/score.json": {"cache": False}}]}}}))
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@e"],
-                ["git", "config", "user.name", "t"], DVC + ["init", "-q"]):
+    (path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "prepare": {
+                        "cmd": f"python make_data.py{flag}",
+                        "deps": ["make_data.py"],
+                        "outs": ["data.txt"],
+                    },
+                    "score": {
+                        "cmd": "python score.py",
+                        "deps": ["data.txt", "score.py"],
+                        "metrics": [{"metrics/score.json": {"cache": False}}],
+                    },
+                }
+            }
+        )
+    )
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.email", "t@e"],
+        ["git", "config", "user.name", "t"],
+        DVC + ["init", "-q"],
+    ):
         run(cmd, path)
     run(DVC + ["repro", "-q"], path)
     run(["git", "add", "-A"], path)
@@ -46,8 +64,11 @@ def toy_repo(path, params_raw, nondeterministic=False, counts=None):
 
 
 def check(repo):
-    env = dict(os.environ, PYTHONPATH=str(ROOT),
-               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    )
     return run([sys.executable, "-m", "tools.check"], repo, check=False, env=env)
 
 
@@ -57,7 +78,7 @@ def test_honest_revision_reproduces(tmp_path, params_raw):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "metrics/score.json:accuracy" in proc.stdout
     assert "prepare:data.txt" in proc.stdout
-    assert "best_epoch" not in proc.stdout          # ignored by the shipped params
+    assert "best_epoch" not in proc.stdout  # ignored by the shipped params
     assert "DRIFT" not in proc.stdout and "MISSING" not in proc.stdout
 
 
@@ -68,7 +89,9 @@ def test_altered_metric_is_named(tmp_path, params_raw):
     run(["git", "commit", "-qam", "better numbers"], repo)
     proc = check(repo)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("metrics/score.json:accuracy")]
+    (line,) = [
+        row for row in proc.stdout.splitlines() if row.startswith("metrics/score.json:accuracy")
+    ]
     assert line.split()[1:] == ["0.95", "0.9", "0.02", "DRIFT"]
     assert "drifted: metrics/score.json:accuracy" in proc.stdout
 
@@ -87,38 +110,47 @@ def test_metrics_file_missing_from_commit_is_drift(tmp_path, params_raw):
 def test_nondeterministic_data_stage_is_drift(tmp_path, params_raw):
     proc = check(toy_repo(tmp_path / "repo", params_raw, nondeterministic=True))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("prepare:data.txt")]
+    (line,) = [row for row in proc.stdout.splitlines() if row.startswith("prepare:data.txt")]
     assert line.endswith("DRIFT")
 
 
 # ---- tolerances stated in images --------------------------------------------------------------
 
+
 def shipped_check():
     from transferline.config.params import load
+
     return load(ROOT / "params.yaml").check
 
 
-COUNTS = {"test": {"total": 72, "classes": {"a": 24, "b": 24, "c": 24}},
-          "val": {"total": 30, "classes": {"a": 10, "b": 10, "c": 10}}}
+COUNTS = {
+    "test": {"total": 72, "classes": {"a": 24, "b": 24, "c": 24}},
+    "val": {"total": 30, "classes": {"a": 10, "b": 10, "c": 10}},
+}
 
 
 def test_scores_move_by_the_stated_number_of_images():
     from transferline.tools.check import split_counts, tolerance_for
+
     check, counts = shipped_check(), split_counts(COUNTS)
     k = check.images
     assert k >= 1
-    assert tolerance_for("metrics/eval/finetune.json:accuracy", check, counts) == \
-        round(k / 72, 6)
-    assert tolerance_for("metrics/eval/finetune.json:tta.accuracy", check, counts) == \
-        round(k / 72, 6)
-    assert tolerance_for("metrics/eval/finetune.json:balanced_accuracy", check, counts) == \
-        round(k / (3 * 24), 6)
-    assert tolerance_for("metrics/eval/finetune.json:macro_f1", check, counts) == \
-        round(4 * k / (3 * 24), 6)
-    assert tolerance_for("metrics/train/finetune.json:best_val_acc", check, counts) == \
-        round(k / 30, 6)
-    assert tolerance_for("metrics/best.json:candidates.partial.val_acc", check, counts) == \
-        round(k / 30, 6)
+    assert tolerance_for("metrics/eval/finetune.json:accuracy", check, counts) == round(k / 72, 6)
+    assert tolerance_for("metrics/eval/finetune.json:tta.accuracy", check, counts) == round(
+        k / 72, 6
+    )
+    assert tolerance_for("metrics/eval/finetune.json:balanced_accuracy", check, counts) == round(
+        k / (3 * 24), 6
+    )
+    assert tolerance_for("metrics/eval/finetune.json:macro_f1", check, counts) == round(
+        4 * k / (3 * 24), 6
+    )
+    assert tolerance_for("metrics/train/finetune.json:best_val_acc", check, counts) == round(
+        k / 30, 6
+    )
+    assert tolerance_for("metrics/best.json:candidates.partial.val_acc", check, counts) == round(
+        k / 30, 6
+    )
     assert tolerance_for("metrics/best.json:test.accuracy", check, counts) == round(k / 72, 6)
     # not counted on images: their own absolute tolerances, or not compared
     assert tolerance_for("metrics/eval/finetune.json:log_loss", check, counts) == 0.1
@@ -134,6 +166,7 @@ def test_macro_f1_bound_holds_for_every_single_flip():
     from sklearn.metrics import f1_score
 
     from transferline.tools.check import Counts
+
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), [5, 8, 11])
     counts = Counts(len(labels), {str(c): int((labels == c).sum()) for c in range(3)})
@@ -154,12 +187,16 @@ def test_a_change_of_one_image_more_than_stated_is_drift(tmp_path, params_raw):
     """The toy repo scores 0.9 on a 10-image test split: `images` k allows k/10 either way."""
     k = params_raw["check"]["images"]
     params_raw["check"]["counted_on"] = {"metrics/score.json:*": "test"}
-    repo = toy_repo(tmp_path / "repo", params_raw, counts={"test": {
-        "total": 10, "classes": {"x": 5, "y": 5}}})
+    repo = toy_repo(
+        tmp_path / "repo", params_raw, counts={"test": {"total": 10, "classes": {"x": 5, "y": 5}}}
+    )
     (repo / "metrics/score.json").write_text(
-        json.dumps({"accuracy": round(0.9 - (k + 1) / 10, 6), "log_loss": 0.3}))
+        json.dumps({"accuracy": round(0.9 - (k + 1) / 10, 6), "log_loss": 0.3})
+    )
     run(["git", "commit", "-qam", "worse by k + 1 images"], repo)
     proc = check(repo)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    (line,) = [l for l in proc.stdout.splitlines() if l.startswith("metrics/score.json:accuracy")]
+    (line,) = [
+        row for row in proc.stdout.splitlines() if row.startswith("metrics/score.json:accuracy")
+    ]
     assert line.split()[-2:] == [f"{k / 10:.6g}", "DRIFT"]

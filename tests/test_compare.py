@@ -1,5 +1,6 @@
-"""transferline/tools/compare.py: `dvc metrics diff --json` regrouped into one markdown table per headline
-metric with every strategy side by side."""
+"""transferline/tools/compare.py: `dvc metrics diff --json` regrouped into one markdown table per
+headline metric with every strategy side by side."""
+
 from __future__ import annotations
 
 from transferline.tools.compare import change, group_by_strategy, main, render

@@ -1,5 +1,6 @@
-"""transferline/data/datasets.py: the split files, the image dataset and loaders whose order and augmentation
-depend on the seed only."""
+"""transferline/data/datasets.py: the split files, the image dataset and loaders whose order and
+augmentation depend on the seed only."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,14 +27,16 @@ def _epochs(loader, n=2) -> list[torch.Tensor]:
 
 def test_loader_order_and_augmentation_depend_on_the_seed_only(dataset):
     clean, split = dataset
-    tf = train_transform(image_size=24, augment=Augment(), mean=[0.5] * 3,
-                                     std=[0.5] * 3)
+    tf = train_transform(image_size=24, augment=Augment(), mean=[0.5] * 3, std=[0.5] * 3)
     rows = data.read_rows(split, "train")
 
     def batches(workers, seed=0, cache_bytes=data.CACHE_FILE_BYTES):
         ds = data.ImageDataset(clean, rows, tf, cache_bytes=cache_bytes)
-        return _epochs(data.make_loader(ds, batch_size=4, shuffle=True, workers=workers,
-                                        seed=seed, device="cpu"))
+        return _epochs(
+            data.make_loader(
+                ds, batch_size=4, shuffle=True, workers=workers, seed=seed, device="cpu"
+            )
+        )
 
     ref = batches(0)
     assert not torch.equal(ref[0], ref[1])  # a new order and new augmentation each epoch

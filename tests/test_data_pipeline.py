@@ -2,6 +2,7 @@
 ../shared/datasets, served by a real HTTP server on 127.0.0.1, through
 download -> extract -> clean -> split with `dvc repro split`; then re-runs (forced, and with one
 clean worker instead of two) must leave every data output's hash in dvc.lock unchanged."""
+
 import json
 
 import pytest
@@ -20,12 +21,14 @@ def data_hashes(repo) -> dict:
 
 
 def test_hymenoptera_over_http_through_split(shared_datasets, server, tmp_path, params_raw):
-    archive = zip_folder(shared_datasets / "hymenoptera_data", tmp_path / "hymenoptera_data.zip",
-                         "hymenoptera_data")
+    archive = zip_folder(
+        shared_datasets / "hymenoptera_data", tmp_path / "hymenoptera_data.zip", "hymenoptera_data"
+    )
     server.files["/tutorial/hymenoptera_data.zip"] = archive.read_bytes()
     params_raw["dataset"] = "hymenoptera"
     params_raw["datasets"]["hymenoptera"]["archives"] = [
-        {"url": server.url("/tutorial/hymenoptera_data.zip")}]
+        {"url": server.url("/tutorial/hymenoptera_data.zip")}
+    ]
     repo = make_project_repo(tmp_path / "repo", params_raw)
 
     run(DVC + ["repro", "split"], repo)
@@ -33,8 +36,8 @@ def test_hymenoptera_over_http_through_split(shared_datasets, server, tmp_path, 
     clean = json.loads((repo / "metrics/clean.json").read_text())
     split = json.loads((repo / "metrics/split.json").read_text())
     assert clean["kept"] + clean["rejected"] == 245 + 153
-    assert clean["rejected"] == 0       # the ants' GIF placeholder is a valid image: kept
-    assert split["val"]["total"] == 153                  # the tutorial's val split, untouched
+    assert clean["rejected"] == 0  # the ants' GIF placeholder is a valid image: kept
+    assert split["val"]["total"] == 153  # the tutorial's val split, untouched
     assert split["train"]["total"] + split["test"]["total"] == 245
     assert set(split["test"]["classes"]) == {"ants", "bees"}
     assert json.loads(run(DVC + ["status", "--json", "split"], repo).stdout) == {}
@@ -42,7 +45,7 @@ def test_hymenoptera_over_http_through_split(shared_datasets, server, tmp_path, 
     before = data_hashes(repo)
     run(DVC + ["repro", "--force", "split"], repo)
     assert data_hashes(repo) == before
-    assert len(server.log) == 1        # the verified download is reused, not fetched again
+    assert len(server.log) == 1  # the verified download is reused, not fetched again
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["clean"]["workers"] = 1

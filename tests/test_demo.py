@@ -1,5 +1,6 @@
 """The demo archive: deterministic bytes, the promised counts, every broken kind present, and a
 class signal that is shape, not colour."""
+
 from __future__ import annotations
 
 import hashlib
@@ -90,7 +91,7 @@ def test_broken_and_odd_files_are_there(demo):
         return [n for n, d in in_class.items() if pred(n, d)]
 
     jpg = lambda n: n.endswith(".jpg")  # noqa: E731
-    assert find(lambda n, d: jpg(n) and d == b"")                                  # empty
+    assert find(lambda n, d: jpg(n) and d == b"")  # empty
     assert find(lambda n, d: jpg(n) and d[:2] == b"\xff\xd8" and decodes(d) is None)  # truncated
     assert find(lambda n, d: jpg(n) and d.lstrip().lower().startswith(b"<!doctype html"))
     assert find(lambda n, d: n.endswith("/Thumbs.db"))

@@ -2,6 +2,7 @@
 CPU): the ranks' shares add up to the one-process batches, two processes give the one-process
 results (exactly where batch statistics play no part, within a stated tolerance where they
 do), and a crash of one rank ends the run with a clear error and leaves earlier outputs alone."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,17 @@ CLASSES = ("a", "b", "c")
 def test_rank_shares_add_up_to_the_one_process_batches():
     def draws(rank, world, pad):
         gen = torch.Generator().manual_seed(7)
-        sampler = data.SeededSampler(10, shuffle=True, generator=gen, rank=rank, world=world,
-                                     pad=pad)
+        sampler = data.SeededSampler(
+            10, shuffle=True, generator=gen, rank=rank, world=world, pad=pad
+        )
         return list(sampler), len(sampler)
 
     (single, _), batch = draws(0, 1, False), 4
     shares = [draws(r, 2, True) for r in range(2)]
     assert [n for _, n in shares] == [5, 5]
     for b in range(2):  # global batch b = rank 0's and rank 1's local batch b (2 each)
-        local = [s[b * 2:(b + 1) * 2] for s, _ in shares]
-        assert sorted(local[0] + local[1]) == sorted(single[b * batch:(b + 1) * batch])
+        local = [s[b * 2 : (b + 1) * 2] for s, _ in shares]
+        assert sorted(local[0] + local[1]) == sorted(single[b * batch : (b + 1) * batch])
     unpadded = [draws(r, 3, False)[0] for r in range(3)]
     assert sorted(x for s in unpadded for x in s) == sorted(single)  # val: each sample once
 
@@ -46,8 +48,9 @@ def make_data(root: Path) -> tuple[Path, Path]:
     split.mkdir(parents=True)
     (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
     for name, ids in (("train", range(4, 14)), ("val", range(4))):
-        lines = ["path,label,class"] + [f"images/{c}/{i}.jpg,{k},{c}"
-                                        for k, c in enumerate(CLASSES) for i in ids]
+        lines = ["path,label,class"] + [
+            f"images/{c}/{i}.jpg,{k},{c}" for k, c in enumerate(CLASSES) for i in ids
+        ]
         (split / f"{name}.csv").write_text("\n".join(lines) + "\n")
     return clean, split
 
@@ -60,25 +63,59 @@ def dataset(tmp_path_factory):
 STRATEGIES = {  # name -> (strategy, how close two processes must come to one)
     # frozen backbone (BN on running statistics): DDP's averaged gradient is the one-process
     # gradient, so only float summation order differs
-    "head": ({"arch": "cnn2", "weights": "none", "trainable": "head", "optimizer": "sgd",
-              "lr": 0.1, "momentum": 0.9, "epochs": 3}, 1e-4),
+    "head": (
+        {
+            "arch": "cnn2",
+            "weights": "none",
+            "trainable": "head",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "epochs": 3,
+        },
+        1e-4,
+    ),
     # features computed in shares and gathered; the head then trains on all of them
-    "cached": ({"arch": "cnn2", "weights": "none", "trainable": "head", "optimizer": "adam",
-                "lr": 0.01, "epochs": 3, "cache_features": True}, 1e-4),
+    "cached": (
+        {
+            "arch": "cnn2",
+            "weights": "none",
+            "trainable": "head",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "epochs": 3,
+            "cache_features": True,
+        },
+        1e-4,
+    ),
     # everything trains: BatchNorm normalises over each process's half batch, so results move
     # a little (measured here with global batch 16, 8 per process: training loss by up to
     # 0.13, training accuracy 0.17, val loss 0.04, val accuracy not at all; with batch 8 the
     # strided-stem CNN's 4-image BatchNorm batches moved training loss by 0.36)
-    "all": ({"arch": "cnn2", "weights": "none", "trainable": "all", "optimizer": "adam",
-             "lr": 0.003, "epochs": 3}, 0.2),
+    "all": (
+        {
+            "arch": "cnn2",
+            "weights": "none",
+            "trainable": "all",
+            "optimizer": "adam",
+            "lr": 0.003,
+            "epochs": 3,
+        },
+        0.2,
+    ),
 }
 
 
 def params_file(params_raw, tmp_path: Path, nproc: int) -> Path:
     raw = dict(params_raw)
     raw.update(threads=2, strategies={k: v for k, (v, _) in STRATEGIES.items()})
-    raw["train"] = {**raw["train"], "image_size": 32, "batch_size": 16, "workers": 0,
-                    "nproc": nproc}
+    raw["train"] = {
+        **raw["train"],
+        "image_size": 32,
+        "batch_size": 16,
+        "workers": 0,
+        "nproc": nproc,
+    }
     raw["runtime"] = {**raw.get("runtime", {}), "device": "cpu"}
     validate(raw)
     path = tmp_path / f"params-{nproc}.yaml"
@@ -88,9 +125,24 @@ def params_file(params_raw, tmp_path: Path, nproc: int) -> Path:
 
 def train_cmd(name: str, params: Path, dataset, out: Path, **extra) -> list[str]:
     clean, split = dataset
-    cmd = [sys.executable, "-m", "stages.train", name, "--clean", str(clean), "--split",
-           str(split), "--model", str(out / "m.pt"), "--metrics", str(out / "m.json"),
-           "--plots", str(out / "p.tsv"), "--params", str(params)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.train",
+        name,
+        "--clean",
+        str(clean),
+        "--split",
+        str(split),
+        "--model",
+        str(out / "m.pt"),
+        "--metrics",
+        str(out / "m.json"),
+        "--plots",
+        str(out / "p.tsv"),
+        "--params",
+        str(params),
+    ]
     return cmd + [a for k, v in extra.items() for a in (f"--{k}", str(v))]
 
 
@@ -106,8 +158,12 @@ def test_two_processes_match_one(params_raw, dataset, tmp_path, name):
     runs = {}
     for nproc in (1, 2):
         out = tmp_path / f"n{nproc}"
-        proc = subprocess.run(train_cmd(name, params_file(params_raw, tmp_path, nproc), dataset,
-                                        out), cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            train_cmd(name, params_file(params_raw, tmp_path, nproc), dataset, out),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         runs[nproc] = curves(out)
     tolerance = STRATEGIES[name][1]
@@ -129,15 +185,17 @@ def rank_pid(parent: int, rank: int) -> int | None:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if (f"RANK={rank}".encode() in env and b"LOCAL_WORLD_SIZE=2" in env
-                and f"PPid:\t{parent}\n" in status):
+        if (
+            f"RANK={rank}".encode() in env
+            and b"LOCAL_WORLD_SIZE=2" in env
+            and f"PPid:\t{parent}\n" in status
+        ):
             return int(entry.name)
     return None
 
 
 @pytest.mark.slow
-def test_a_crashed_rank_ends_the_run_and_keeps_the_previous_outputs(params_raw, dataset,
-                                                                    tmp_path):
+def test_a_crashed_rank_ends_the_run_and_keeps_the_previous_outputs(params_raw, dataset, tmp_path):
     params = params_file(params_raw, tmp_path, 2)
     raw = yaml.safe_load(params.read_text())
     # nothing may end the run before the kill: a cap far away, early stopping off
@@ -149,8 +207,9 @@ def test_a_crashed_rank_ends_the_run_and_keeps_the_previous_outputs(params_raw, 
     previous = {f: f"previous {f}\n".encode() for f in ("m.pt", "m.json", "p.tsv")}
     for f, content in previous.items():
         (out / f).write_bytes(content)
-    proc = subprocess.Popen(train_cmd("all", params, dataset, out), cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd("all", params, dataset, out), cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
     # Wait for an event, not a number of seconds: the first finished epoch's log line proves
     # both ranks are inside training (rank 0 logs after the epoch's all-reduce).
     lines = []

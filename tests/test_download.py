@@ -1,5 +1,6 @@
 """download: real HTTP on 127.0.0.1 (Range resume, dropped connections, 404, 500, timeouts),
 local folders/paths/file:// URLs, the demo, the cache, and the CLI's exit statuses."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,9 +43,11 @@ def payload() -> bytes:
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
+
 def test_hymenoptera_over_http_then_extract(shared_datasets, server, tmp_path):
-    archive = zip_folder(shared_datasets / "hymenoptera_data", tmp_path / "hymenoptera_data.zip",
-                         "hymenoptera_data")
+    archive = zip_folder(
+        shared_datasets / "hymenoptera_data", tmp_path / "hymenoptera_data.zip", "hymenoptera_data"
+    )
     data = archive.read_bytes()
     server.files["/tutorial/hymenoptera_data.zip"] = data
     url = server.url("/tutorial/hymenoptera_data.zip")
@@ -55,7 +58,8 @@ def test_hymenoptera_over_http_then_extract(shared_datasets, server, tmp_path):
     assert [f.how for f in fetched] == ["downloaded"]
     assert sha((raw / "hymenoptera_data.zip").read_bytes()) == sha(data)
     assert json.loads((raw / "sources.json").read_text()) == [
-        {"name": "hymenoptera_data.zip", "url": url, "sha256": sha(data), "split": None}]
+        {"name": "hymenoptera_data.zip", "url": url, "sha256": sha(data), "split": None}
+    ]
     assert not list(cache.glob("*.part"))
 
     extract_all(raw, tmp_path / "data/extracted", Extract())
@@ -68,8 +72,7 @@ def test_hymenoptera_over_http_then_extract(shared_datasets, server, tmp_path):
 def test_dropped_connection_is_resumed_with_range(server, payload, tmp_path):
     server.files["/big.zip"] = payload
     server.drop_once.add("/big.zip")
-    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload),
-                   settings=FAST)
+    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload), settings=FAST)
 
     assert sha((tmp_path / "big.zip").read_bytes()) == sha(payload)
     assert not (tmp_path / "big.zip.part").exists()
@@ -82,8 +85,7 @@ def test_dropped_connection_is_resumed_with_range(server, payload, tmp_path):
 def test_part_file_from_an_earlier_run_is_resumed(server, payload, tmp_path):
     server.files["/big.zip"] = payload
     (tmp_path / "big.zip.part").write_bytes(payload[:1_000_000])
-    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload),
-                   settings=FAST)
+    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload), settings=FAST)
     assert server.log == [("/big.zip", "bytes=1000000-")]
     assert sha((tmp_path / "big.zip").read_bytes()) == sha(payload)
 
@@ -100,8 +102,7 @@ def test_server_ignoring_range_restarts_from_zero(server, payload, tmp_path):
 def test_complete_part_file_answered_416_is_used(server, payload, tmp_path):
     server.files["/big.zip"] = payload
     (tmp_path / "big.zip.part").write_bytes(payload)
-    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload),
-                   settings=FAST)
+    fetch_to_cache(server.url("/big.zip"), tmp_path / "big.zip", sha256=sha(payload), settings=FAST)
     assert server.log == [("/big.zip", f"bytes={len(payload)}-")]
     assert (tmp_path / "big.zip").read_bytes() == payload
 
@@ -132,8 +133,9 @@ def test_checksum_mismatch_keeps_nothing_at_the_final_path(server, tmp_path):
     wrong = "0" * 64
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     with pytest.raises(StageError) as err:
-        download_dataset(dataset({"url": server.url("/a.zip"), "sha256": wrong}), raw, cache,
-                         FAST, 0)
+        download_dataset(
+            dataset({"url": server.url("/a.zip"), "sha256": wrong}), raw, cache, FAST, 0
+        )
     msg = str(err.value)
     assert server.url("/a.zip") in msg and wrong in msg
     assert sha(b"not what we expected") in msg
@@ -159,8 +161,9 @@ def test_second_run_does_not_touch_the_server(server, tmp_path):
 def test_cached_file_failing_its_checksum_is_fetched_again(server, tmp_path):
     server.files["/a.zip"] = b"the right bytes"
     (tmp_path / "a.zip").write_bytes(b"a wrong file put there by hand")
-    assert fetch_to_cache(server.url("/a.zip"), tmp_path / "a.zip",
-                          sha256=sha(b"the right bytes"), settings=FAST)
+    assert fetch_to_cache(
+        server.url("/a.zip"), tmp_path / "a.zip", sha256=sha(b"the right bytes"), settings=FAST
+    )
     assert (tmp_path / "a.zip").read_bytes() == b"the right bytes"
     assert (tmp_path / "a.zip.mismatch").read_bytes() == b"a wrong file put there by hand"
 
@@ -185,8 +188,12 @@ def test_timeouts_are_retried_then_reported(server, tmp_path):
     server.files["/slow.zip"] = b"x"
     server.slow.add("/slow.zip")
     with pytest.raises(StageError) as err:
-        fetch_to_cache(server.url("/slow.zip"), tmp_path / "slow.zip", sha256=None,
-                       settings=Download(timeout=0.2, retries=1, backoff=0.0))
+        fetch_to_cache(
+            server.url("/slow.zip"),
+            tmp_path / "slow.zip",
+            sha256=None,
+            settings=Download(timeout=0.2, retries=1, backoff=0.0),
+        )
     assert "gave up after 2 attempt(s)" in str(err.value)
     assert len(server.log) == 2
     assert not (tmp_path / "slow.zip").exists()
@@ -203,27 +210,37 @@ def test_failed_run_leaves_previous_output(server, tmp_path):
 
 # ---- local sources, demo, bad URLs ----------------------------------------------------------
 
+
 def test_local_folder_is_copied(tmp_path):
     folder = make_image_folder(tmp_path / "my_images", per_class=2, size=16)
     raw = tmp_path / "raw"
-    fetched = download_dataset(dataset({"url": str(folder), "split": "test"}), raw,
-                               tmp_path / "cache", FAST, 0)
+    fetched = download_dataset(
+        dataset({"url": str(folder), "split": "test"}), raw, tmp_path / "cache", FAST, 0
+    )
     assert fetched[0].how == "copied"
-    assert sorted(p.relative_to(raw).as_posix() for p in (raw / "my_images").rglob("*.jpg")) \
-        == [f"my_images/{c}/{i}.jpg" for c in "abc" for i in range(2)]
+    assert sorted(p.relative_to(raw).as_posix() for p in (raw / "my_images").rglob("*.jpg")) == [
+        f"my_images/{c}/{i}.jpg" for c in "abc" for i in range(2)
+    ]
     assert json.loads((raw / "sources.json").read_text()) == [
-        {"name": "my_images", "url": str(folder), "sha256": None, "split": "test"}]
+        {"name": "my_images", "url": str(folder), "sha256": None, "split": "test"}
+    ]
 
 
 def test_file_url_and_plain_path(tmp_path):
-    one = zip_folder(make_image_folder(tmp_path / "one", per_class=1, size=16),
-                     tmp_path / "one.zip", "one")
+    one = zip_folder(
+        make_image_folder(tmp_path / "one", per_class=1, size=16), tmp_path / "one.zip", "one"
+    )
     two = tmp_path / "dir with space" / "two.zip"
     two.parent.mkdir()
     two.write_bytes(one.read_bytes())  # same bytes, another name
     raw = tmp_path / "raw"
-    download_dataset(dataset({"url": one.as_uri(), "sha256": sha(one.read_bytes())},
-                             {"url": str(two)}), raw, tmp_path / "cache", FAST, 0)
+    download_dataset(
+        dataset({"url": one.as_uri(), "sha256": sha(one.read_bytes())}, {"url": str(two)}),
+        raw,
+        tmp_path / "cache",
+        FAST,
+        0,
+    )
     listing = json.loads((raw / "sources.json").read_text())
     assert [e["name"] for e in listing] == ["one.zip", "two.zip"]
     assert listing[1]["sha256"] == sha(one.read_bytes())
@@ -233,15 +250,23 @@ def test_file_url_and_plain_path(tmp_path):
 def test_local_checksum_mismatch(tmp_path):
     (tmp_path / "a.zip").write_bytes(b"zip?")
     with pytest.raises(StageError, match="sha256 mismatch"):
-        download_dataset(dataset({"url": str(tmp_path / "a.zip"), "sha256": "1" * 64}),
-                         tmp_path / "raw", tmp_path / "cache", FAST, 0)
+        download_dataset(
+            dataset({"url": str(tmp_path / "a.zip"), "sha256": "1" * 64}),
+            tmp_path / "raw",
+            tmp_path / "cache",
+            FAST,
+            0,
+        )
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("{tmp}/nope/data.zip", "{tmp}/nope/data.zip does not exist"),
-    ("ftp://example.com/a.zip", "unsupported URL scheme 'ftp'"),
-    ("http://127.0.0.1:9/", "cannot name the file"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("{tmp}/nope/data.zip", "{tmp}/nope/data.zip does not exist"),
+        ("ftp://example.com/a.zip", "unsupported URL scheme 'ftp'"),
+        ("http://127.0.0.1:9/", "cannot name the file"),
+    ],
+)
 def test_bad_urls_are_named(tmp_path, url, expected):
     url = url.format(tmp=tmp_path)
     with pytest.raises(StageError) as err:
@@ -251,9 +276,13 @@ def test_bad_urls_are_named(tmp_path, url, expected):
 
 def test_duplicate_names_are_refused(tmp_path):
     with pytest.raises(StageError, match="both be saved as 'a.zip'"):
-        download_dataset(dataset({"url": "http://127.0.0.1:9/x/a.zip"},
-                                 {"url": "http://127.0.0.1:9/y/a.zip"}),
-                         tmp_path / "raw", tmp_path / "cache", FAST, 0)
+        download_dataset(
+            dataset({"url": "http://127.0.0.1:9/x/a.zip"}, {"url": "http://127.0.0.1:9/y/a.zip"}),
+            tmp_path / "raw",
+            tmp_path / "cache",
+            FAST,
+            0,
+        )
 
 
 def test_generate_writes_the_demo_zip(tmp_path):
@@ -263,23 +292,43 @@ def test_generate_writes_the_demo_zip(tmp_path):
     assert fetched[0].how == "generated"
     assert zipfile.is_zipfile(raw / "demo.zip")
     assert json.loads((raw / "sources.json").read_text()) == [
-        {"name": "demo.zip", "url": None, "sha256": sha((raw / "demo.zip").read_bytes()),
-         "split": None}]
+        {
+            "name": "demo.zip",
+            "url": None,
+            "sha256": sha((raw / "demo.zip").read_bytes()),
+            "split": None,
+        }
+    ]
 
 
 # ---- the CLI --------------------------------------------------------------------------------
 
+
 def run_cli(cwd: Path, params: dict) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "stages.download", "--out", "data/raw",
-                           "--cache", ".cache/downloads"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.download",
+            "--out",
+            "data/raw",
+            "--cache",
+            ".cache/downloads",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_local_archive_exits_0(tmp_path, params_raw):
-    archive = zip_folder(make_image_folder(tmp_path / "imgs", per_class=1, size=16),
-                         tmp_path / "imgs.zip", "imgs")
+    archive = zip_folder(
+        make_image_folder(tmp_path / "imgs", per_class=1, size=16), tmp_path / "imgs.zip", "imgs"
+    )
     work = tmp_path / "project"
     work.mkdir()
     params_raw.update(dataset="local", datasets={"local": {"archives": [{"url": str(archive)}]}})

@@ -1,6 +1,7 @@
 """dvc.yaml stays the true picture of the data flow: every stage runs its own module, lists every
 project module that module imports in its deps (or a change to shared code would not re-run it),
 stage modules never import each other, and the overlay plots cover every strategy."""
+
 import ast
 import importlib
 import inspect
@@ -70,8 +71,9 @@ def test_stage_runs_its_module_and_lists_its_code(name):
     deps = {d for d in body["deps"] if isinstance(d, str) and d.endswith(".py")}
     needed = {p.relative_to(ROOT).as_posix() for p in closure(f"stages.{name}")}
     needed -= {"stages/__init__.py"}  # a docstring only
-    assert deps == needed, (f"{name}: add {sorted(needed - deps)}, "
-                            f"drop {sorted(deps - needed)} in its deps")
+    assert deps == needed, (
+        f"{name}: add {sorted(needed - deps)}, drop {sorted(deps - needed)} in its deps"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(set(STAGES) - {"validate"}))
@@ -82,7 +84,7 @@ def test_every_stage_waits_for_params_validation(name):
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_stage_modules_do_not_import_each_other(name):
-    others = {ROOT / "stages" / f"{other}.py" for other in STAGES} - {ROOT / "stages" / f"{name}.py"}
+    others = {ROOT / "stages" / f"{other}.py" for other in set(STAGES) - {name}}
     assert not closure(f"stages.{name}") & others
 
 
@@ -105,7 +107,8 @@ def test_overlay_plots_cover_every_strategy(plot):
     listed = {Path(f).stem for f in entry["y"]}
     assert listed == set(PARAMS["strategies"]), (
         f"dvc.yaml plot {plot!r} lists {sorted(listed)}; params.yaml has "
-        f"{sorted(PARAMS['strategies'])}")
+        f"{sorted(PARAMS['strategies'])}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -133,8 +136,9 @@ def test_training_resume_state_lives_outside_every_output_and_git():
     resume = Path(paths["resume"])
     for out in (resolved(o) for body in map(stage_body, STAGES) for o in body.get("outs", [])):
         assert not (out == resume or out in resume.parents or resume in out.parents), out
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(resume / "finetune" / "seed0.pt")],
-                             cwd=ROOT)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(resume / "finetune" / "seed0.pt")], cwd=ROOT
+    )
     assert ignored.returncode == 0, f"{resume} must be git-ignored"
 
 
@@ -149,7 +153,9 @@ def test_stages_track_exactly_the_keys_that_change_their_outputs(name):
         assert section not in tracked, f"{name}: track {section}'s keys one by one"
         wanted = {f"{section}.{key}" for key in PARAMS[section]} - set(SPEED_ONLY)
         got = {key for key in tracked if key.startswith(f"{section}.")}
-        assert got == wanted, f"{name}: missing {sorted(wanted - got)}, extra {sorted(got - wanted)}"
+        assert got == wanted, (
+            f"{name}: missing {sorted(wanted - got)}, extra {sorted(got - wanted)}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -1,5 +1,6 @@
-"""transferline.engine.evaluate: metrics from hand-made probabilities, TTA averaging with fake models, and a
-real (tiny, untrained) checkpoint scored on generated images in tmp_path."""
+"""transferline.engine.evaluate: metrics from hand-made probabilities, TTA averaging with fake
+models, and a real (tiny, untrained) checkpoint scored on generated images in tmp_path."""
+
 from __future__ import annotations
 
 import csv
@@ -27,12 +28,16 @@ from conftest import ROOT, checkpoint_meta, make_image_folder
 CLASSES = ["cat", "dog", "eel"]
 # labels 0 0 1 1 2 2, argmax 0 1 1 1 2 0: 4 of 6 right
 LABELS = np.array([0, 0, 1, 1, 2, 2])
-PROBS = np.array([[0.7, 0.2, 0.1],
-                  [0.3, 0.6, 0.1],
-                  [0.1, 0.8, 0.1],
-                  [0.2, 0.5, 0.3],
-                  [0.1, 0.1, 0.8],
-                  [0.5, 0.1, 0.4]])
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.3, 0.6, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.2, 0.5, 0.3],
+        [0.1, 0.1, 0.8],
+        [0.5, 0.1, 0.4],
+    ]
+)
 TOP_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "log_loss"}
 PER_CLASS_KEYS = {"precision", "recall", "f1", "support"}
 
@@ -44,6 +49,7 @@ def flat_keys(obj, prefix=""):
 
 
 # ---- metrics from arrays --------------------------------------------------------------------
+
 
 def test_scores_match_hand_computed_values():
     got = scores(PROBS, LABELS, 3)
@@ -63,8 +69,7 @@ def test_compute_metrics_layout_rounding_and_per_class():
     assert set(m["tta"]) == TOP_KEYS
     assert m["tta"]["accuracy"] == pytest.approx(np.mean(tta.argmax(1) == LABELS))
     assert list(m["per_class"]) == CLASSES
-    assert m["per_class"]["dog"] == {"precision": 0.666667, "recall": 1.0, "f1": 0.8,
-                                     "support": 2}
+    assert m["per_class"]["dog"] == {"precision": 0.666667, "recall": 1.0, "f1": 0.8, "support": 2}
     assert m["per_class"]["cat"]["precision"] == 0.5
     assert m["accuracy"] == 0.666667  # rounded to 6 decimals
 
@@ -78,10 +83,14 @@ def test_class_never_predicted_scores_zero_not_nan():
 
 def test_top_k_only_when_more_classes_than_k():
     labels = np.array([0, 1, 2, 0])
-    probs = np.array([[0.5, 0.3, 0.2],   # top-1 hit
-                      [0.5, 0.3, 0.2],   # top-2 hit only
-                      [0.5, 0.3, 0.2],   # miss even in top 2
-                      [0.2, 0.3, 0.5]])  # miss even in top 2
+    probs = np.array(
+        [
+            [0.5, 0.3, 0.2],  # top-1 hit
+            [0.5, 0.3, 0.2],  # top-2 hit only
+            [0.5, 0.3, 0.2],  # miss even in top 2
+            [0.2, 0.3, 0.5],
+        ]
+    )  # miss even in top 2
     with_k = compute_metrics(probs, probs, labels, CLASSES, top_k=2)
     assert with_k["accuracy"] == 0.25
     assert with_k["top_k_accuracy"] == 0.5
@@ -92,28 +101,41 @@ def test_top_k_only_when_more_classes_than_k():
 def test_keys_identical_across_strategies():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 40)
-    good = compute_metrics(rng.dirichlet(np.ones(3), 40), rng.dirichlet(np.ones(3), 40),
-                           labels, CLASSES, top_k=2)
+    good = compute_metrics(
+        rng.dirichlet(np.ones(3), 40), rng.dirichlet(np.ones(3), 40), labels, CLASSES, top_k=2
+    )
     never_eel = np.tile([0.6, 0.4, 0.0], (40, 1))  # a class never predicted, p = 0 somewhere
     poor = compute_metrics(never_eel, never_eel, labels, CLASSES, top_k=2)
-    assert flat_keys(good) == flat_keys(poor) == (
-        TOP_KEYS | {"top_k_accuracy"} | {f"tta.{k}" for k in TOP_KEYS}
-        | {f"per_class.{c}.{k}" for c in CLASSES for k in PER_CLASS_KEYS})
+    assert (
+        flat_keys(good)
+        == flat_keys(poor)
+        == (
+            TOP_KEYS
+            | {"top_k_accuracy"}
+            | {f"tta.{k}" for k in TOP_KEYS}
+            | {f"per_class.{c}.{k}" for c in CLASSES for k in PER_CLASS_KEYS}
+        )
+    )
     assert math.isfinite(poor["log_loss"])
 
 
 def test_confusion_records_use_class_names_sorted_by_path():
-    records = confusion_records([2, 0, 1], [2, 1, 1], ["images/z.jpg", "images/a.jpg",
-                                                       "images/m.jpg"], CLASSES)
-    assert records == [{"actual": "dog", "predicted": "cat", "path": "images/a.jpg"},
-                       {"actual": "dog", "predicted": "dog", "path": "images/m.jpg"},
-                       {"actual": "eel", "predicted": "eel", "path": "images/z.jpg"}]
+    records = confusion_records(
+        [2, 0, 1], [2, 1, 1], ["images/z.jpg", "images/a.jpg", "images/m.jpg"], CLASSES
+    )
+    assert records == [
+        {"actual": "dog", "predicted": "cat", "path": "images/a.jpg"},
+        {"actual": "dog", "predicted": "dog", "path": "images/m.jpg"},
+        {"actual": "eel", "predicted": "eel", "path": "images/z.jpg"},
+    ]
 
 
 # ---- TTA averaging --------------------------------------------------------------------------
 
+
 class LogitsInPixels(torch.nn.Module):
     """Returns the first 3 pixels of channel 0, row 0 as the logits: tests choose the outputs."""
+
     def forward(self, x):
         return x[:, 0, 0, :3]
 
@@ -136,6 +158,7 @@ class RightOnlyWhenFlipped(torch.nn.Module):
     """Two classes; the true class is 0 for every image. A view whose left column is brighter
     than its right one (the mirrored views here) gets a confident right answer; any other view a
     mild wrong one."""
+
     def forward(self, x):
         flipped = x[:, :, :, 0].mean(dim=(1, 2)) > x[:, :, :, -1].mean(dim=(1, 2))
         right, wrong = torch.tensor([6.0, 0.0]), torch.tensor([0.0, 1.0])
@@ -150,8 +173,10 @@ def test_tta_with_flips_fixes_a_model_right_only_on_flipped_views():
     assert (predict_probs(model, [(ramp, None)]).argmax(1) == 1).all()  # single view: wrong
     assert (predict_probs(model, [(crops, None)]).argmax(1) == 1).all()  # five crops: wrong
     probs = predict_probs(model, [(ten, None)])
-    p_right = 0.5 * (torch.softmax(torch.tensor([6.0, 0.0]), 0)[0]
-                     + torch.softmax(torch.tensor([0.0, 1.0]), 0)[0])
+    p_right = 0.5 * (
+        torch.softmax(torch.tensor([6.0, 0.0]), 0)[0]
+        + torch.softmax(torch.tensor([0.0, 1.0]), 0)[0]
+    )
     np.testing.assert_allclose(probs[:, 0], float(p_right), atol=1e-6)
     assert (probs.argmax(1) == 0).all()
 
@@ -168,11 +193,14 @@ def test_tta_transform_gives_five_or_ten_views():
 
 # ---- the stage on a real checkpoint ---------------------------------------------------------
 
+
 def write_split(split_dir: Path, clean_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     """data/split for every image under clean_dir/images: classes.json and test.csv (all
     images), train.csv and val.csv (the same rows; evaluate reads only test)."""
-    rows = sorted((p.relative_to(clean_dir).as_posix(), classes.index(p.parent.name))
-                  for p in (clean_dir / "images").glob("*/*.jpg"))
+    rows = sorted(
+        (p.relative_to(clean_dir).as_posix(), classes.index(p.parent.name))
+        for p in (clean_dir / "images").glob("*/*.jpg")
+    )
     split_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / "classes.json").write_text(json.dumps({"classes": classes}))
     for name in ("train", "val", "test"):
@@ -198,12 +226,17 @@ def tiny(tmp_path, params_raw):
 
 
 def run_evaluate(root: Path, params, tag="out", model="m.pt", split="split"):
-    return evaluate(model_path=root / model, clean_dir=root / "clean", split_dir=root / split,
-                    metrics_path=root / tag / "metrics.json",
-                    confusion_path=root / tag / "confusion.json",
-                    per_class_path=root / tag / "per_class.json",
-                    settings=params.evaluate.model_copy(update={"batch_size": 5}),
-                    seed=params.seed, threads=1)
+    return evaluate(
+        model_path=root / model,
+        clean_dir=root / "clean",
+        split_dir=root / split,
+        metrics_path=root / tag / "metrics.json",
+        confusion_path=root / tag / "confusion.json",
+        per_class_path=root / tag / "per_class.json",
+        settings=params.evaluate.model_copy(update={"batch_size": 5}),
+        seed=params.seed,
+        threads=1,
+    )
 
 
 def test_evaluate_end_to_end_writes_contract_files(tiny):
@@ -247,11 +280,29 @@ def test_missing_model_is_named(tmp_path, params_raw):
 def test_cli_missing_model_exits_2_with_message(tmp_path, params_raw):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", "scratch", "--clean", "c", "--split", "s",
-         "--model", "models/scratch.pt", "--metrics", "m.json", "--confusion", "c.json",
-         "--per-class", "p.json"],
-        cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "stages.evaluate",
+            "scratch",
+            "--clean",
+            "c",
+            "--split",
+            "s",
+            "--model",
+            "models/scratch.pt",
+            "--metrics",
+            "m.json",
+            "--confusion",
+            "c.json",
+            "--per-class",
+            "p.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "models/scratch.pt: model file not found" in proc.stderr
     assert "Traceback" not in proc.stderr

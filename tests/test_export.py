@@ -1,6 +1,7 @@
-"""transferline.models.export: ONNX and TorchScript files with sidecars, byte-identical for the same checkpoint,
-whose probabilities on real and generated images match the checkpoint's within 1e-4 under ONNX
-Runtime and torch.jit, and that predict accepts."""
+"""transferline.models.export: ONNX and TorchScript files with sidecars, byte-identical for the same
+checkpoint, whose probabilities on real and generated images match the checkpoint's within 1e-4
+under ONNX Runtime and torch.jit, and that predict accepts."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,8 @@ def _checkpoint(path: Path, arch: str, head=None, image_size: int = 64) -> Path:
     model = models.build(arch, len(CLASSES), weights, head)
     with torch.no_grad():
         model.get_submodule(models.head_name(model)).apply(
-            lambda m: m.weight.mul_(20) if isinstance(m, torch.nn.Linear) else None)
+            lambda m: m.weight.mul_(20) if isinstance(m, torch.nn.Linear) else None
+        )
     models.save_checkpoint(path, model, checkpoint_meta(arch, CLASSES, image_size, head))
     return path
 
@@ -43,8 +45,7 @@ def _checkpoint(path: Path, arch: str, head=None, image_size: int = 64) -> Path:
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     ckpt = _checkpoint(root / "models" / "best.pt", "efficientnet_lite0")
-    diffs = export.export(model_path=ckpt, strategy="best", out=root / "export",
-                          settings=Export())
+    diffs = export.export(model_path=ckpt, strategy="best", out=root / "export", settings=Export())
     return root, ckpt, diffs
 
 
@@ -68,7 +69,8 @@ def test_files_and_sidecars(exported):
     root, _, diffs = exported
     out = root / "export"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"])
+        ["model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"]
+    )
     assert all(d <= TOLERANCE for d in diffs.values())
     for name, fmt in (("model.onnx", "onnx"), ("model.torchscript.pt", "torchscript")):
         side = json.loads((out / f"{name}.json").read_text())
@@ -86,15 +88,23 @@ def test_same_checkpoint_gives_the_same_bytes_run_after_run(exported, tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for out in ("one", "two"):
-        run([sys.executable, "-m", "stages.export", "--model", str(ckpt), "--out", out],
-            tmp_path, env=env)
-    for name in ("model.onnx", "model.torchscript.pt", "model.onnx.json",
-                 "model.torchscript.pt.json"):
+        run(
+            [sys.executable, "-m", "stages.export", "--model", str(ckpt), "--out", out],
+            tmp_path,
+            env=env,
+        )
+    for name in (
+        "model.onnx",
+        "model.torchscript.pt",
+        "model.onnx.json",
+        "model.torchscript.pt.json",
+    ):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
 def test_onnx_runtime_and_torchscript_match_the_checkpoint_on_real_images(
-        exported, tmp_path, request):
+    exported, tmp_path, request
+):
     root, ckpt, _ = exported
     try:
         shared = request.getfixturevalue("shared_datasets")
@@ -118,33 +128,37 @@ def test_real_images_from_the_shared_hymenoptera_copy(exported, tmp_path, shared
     assert np.abs(got - expected).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("arch, head", [("cnn3", {"hidden": [32], "dropout": 0.5}),
-                                        ("resnet18", None)])
+@pytest.mark.parametrize(
+    "arch, head", [("cnn3", {"hidden": [32], "dropout": 0.5}), ("resnet18", None)]
+)
 def test_other_archs_and_a_richer_head_export_too(tmp_path, arch, head):
-    ckpt = _checkpoint(tmp_path / "m.pt", arch, head, image_size=48) if arch != "resnet18" \
+    ckpt = (
+        _checkpoint(tmp_path / "m.pt", arch, head, image_size=48)
+        if arch != "resnet18"
         else _untrained(tmp_path / "m.pt", arch)
+    )
     diffs = export.export(model_path=ckpt, strategy="s", out=tmp_path / "out", settings=Export())
     assert max(diffs.values()) <= TOLERANCE
     inputs = _images(tmp_path, None)
     expected = _probabilities(ckpt, inputs)
     for name in ("model.onnx", "model.torchscript.pt"):
-        assert np.abs(_probabilities(tmp_path / "out" / name, inputs) - expected).max() \
-            <= TOLERANCE
+        assert np.abs(_probabilities(tmp_path / "out" / name, inputs) - expected).max() <= TOLERANCE
 
 
 def _untrained(path: Path, arch: str) -> Path:
     torch.manual_seed(0)  # torchvision weights are not downloaded in tests
-    models.save_checkpoint(path, models.build(arch, len(CLASSES), "none"),
-                           checkpoint_meta(arch, CLASSES, 48))
+    models.save_checkpoint(
+        path, models.build(arch, len(CLASSES), "none"), checkpoint_meta(arch, CLASSES, 48)
+    )
     return path
 
 
-def test_a_mismatch_beyond_the_tolerance_stops_before_anything_is_published(exported,
-                                                                            tmp_path):
+def test_a_mismatch_beyond_the_tolerance_stops_before_anything_is_published(exported, tmp_path):
     _, ckpt, _ = exported
     with pytest.raises(Exception, match="differ from the checkpoint by .* > export.tolerance"):
-        export.export(model_path=ckpt, strategy="best", out=tmp_path / "out",
-                      settings=Export(tolerance=1e-12))
+        export.export(
+            model_path=ckpt, strategy="best", out=tmp_path / "out", settings=Export(tolerance=1e-12)
+        )
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left
 
@@ -152,8 +166,10 @@ def test_a_mismatch_beyond_the_tolerance_stops_before_anything_is_published(expo
 def test_predict_command_accepts_an_exported_model(exported, tmp_path, capsys):
     root, _, _ = exported
     image = _images(tmp_path, None)[0][1]
-    assert predict_cmd.main([str(image), "--model", str(root / "export" / "model.onnx"),
-                         "--json"]) == 0
+    assert (
+        predict_cmd.main([str(image), "--model", str(root / "export" / "model.onnx"), "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "onnx" and len(out["predictions"][0]["top_k"]) == 3
 
@@ -167,20 +183,40 @@ def test_export_writes_the_same_bytes_whatever_folder_the_project_is_in(tmp_path
     for where in ("a", "somewhere/else/b"):
         copy = tmp_path / where
         for package in ("stages", "transferline"):
-            shutil.copytree(ROOT / package, copy / package,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__")
+            )
         out = copy / "export"
         # the stage as DVC runs it, from the copy (asserted: not the installed checkout)
-        run([sys.executable, "-c", "import runpy, sys, transferline; assert transferline."
-             f"__file__.startswith({str(copy)!r}), transferline.__file__; "
-             "sys.argv[0] = 'stages.export'; runpy.run_module('stages.export', "
-             "run_name='__main__')", "--model", str(ckpt), "--out", str(out),
-             "--params", str(ROOT / "params.yaml")], copy, env=dict(os.environ, PYTHONPATH=""))
+        run(
+            [
+                sys.executable,
+                "-c",
+                "import runpy, sys, transferline; assert transferline."
+                f"__file__.startswith({str(copy)!r}), transferline.__file__; "
+                "sys.argv[0] = 'stages.export'; runpy.run_module('stages.export', "
+                "run_name='__main__')",
+                "--model",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--params",
+                str(ROOT / "params.yaml"),
+            ],
+            copy,
+            env=dict(os.environ, PYTHONPATH=""),
+        )
         blobs = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-        assert all(str(copy).encode() not in b and b"site-packages" not in b
-                   for b in blobs.values())
+        assert all(
+            str(copy).encode() not in b and b"site-packages" not in b for b in blobs.values()
+        )
         written.append(blobs)
     assert written[0] == written[1]
-    assert sorted(written[0]) == sorted([export.ONNX_FILE, export.TORCHSCRIPT_FILE,
-                                         export.ONNX_FILE + ".json",
-                                         export.TORCHSCRIPT_FILE + ".json"])
+    assert sorted(written[0]) == sorted(
+        [
+            export.ONNX_FILE,
+            export.TORCHSCRIPT_FILE,
+            export.ONNX_FILE + ".json",
+            export.TORCHSCRIPT_FILE + ".json",
+        ]
+    )

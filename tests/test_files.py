@@ -1,5 +1,6 @@
-"""transferline/outputs/atomic.py: folders swapped in whole or not at all, atomic file writes, and what killed
-runs leave behind removed by the next one."""
+"""transferline/outputs/atomic.py: folders swapped in whole or not at all, atomic file writes, and
+what killed runs leave behind removed by the next one."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,11 @@ from conftest import ROOT, run
 
 
 def _listing(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _previous(tmp_path: Path) -> Path:
@@ -28,8 +32,12 @@ def _previous(tmp_path: Path) -> Path:
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 
@@ -75,8 +83,7 @@ def test_temporaries_of_dead_runs_are_removed_and_live_ones_kept(tmp_path):
     other.mkdir()
     with files.staged_dir(out) as tmp:
         (tmp / "new.txt").write_text("this run")
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
-        ["clean", busy.name, other.name])
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["clean", busy.name, other.name])
 
 
 def test_a_swap_killed_between_its_renames_gets_the_previous_output_back(tmp_path):
@@ -102,14 +109,23 @@ def test_temporary_names_are_ignored_by_git(tmp_path):
     repo.mkdir()
     (repo / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
     run(["git", "init", "-q"], repo)
-    names = ["data/.clean.tmp-123/images/a/x.jpg", "data/.raw.tmp-9", "reports/.figures.tmp-7",
-             "metrics/.clean.json.tmp-5-k2j3", "data/.clean.old/manifest.csv"]
+    names = [
+        "data/.clean.tmp-123/images/a/x.jpg",
+        "data/.raw.tmp-9",
+        "reports/.figures.tmp-7",
+        "metrics/.clean.json.tmp-5-k2j3",
+        "data/.clean.old/manifest.csv",
+    ]
     for name in names:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text("x")
     (repo / "metrics" / "clean.json").write_text("{}")
     assert run(["git", "status", "--porcelain", "-uall"], repo).stdout.split() == [
-        "??", ".gitignore", "??", "metrics/clean.json"]
+        "??",
+        ".gitignore",
+        "??",
+        "metrics/clean.json",
+    ]
 
 
 def test_a_read_only_output_folder_is_named_and_keeps_its_output(tmp_path, mounts):

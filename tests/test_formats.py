@@ -2,6 +2,7 @@
 pickled CIFAR batches, scipy-written .mat files) converted by extract into class folders, refused
 when malformed, and run download -> extract -> clean -> split under real DVC from a real HTTP
 server on 127.0.0.1 at the official URLs' paths."""
+
 from __future__ import annotations
 
 import csv
@@ -41,23 +42,27 @@ CIFAR_BATCHES_INDEX = {f"data_batch_{i}": i - 1 for i in range(1, 6)} | {"test_b
 def make_raw(root: Path, files: dict[str, bytes], fmt: str) -> Path:
     """root/raw as download leaves it for a `format:` dataset."""
     raw = write_files(root / "raw", files)
-    listing = [{"name": n, "url": None, "sha256": None, "split": None, "format": fmt}
-               for n in files]
+    listing = [
+        {"name": n, "url": None, "sha256": None, "split": None, "format": fmt} for n in files
+    ]
     (raw / "sources.json").write_text(json.dumps(listing))
     return raw
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cifar_raw(root: Path, members: dict[str, bytes] | None = None) -> Path:
-    return make_raw(root, {"cifar-10-python.tar.gz": tar_gz(members or cifar_members())},
-                    "cifar10")
+    return make_raw(root, {"cifar-10-python.tar.gz": tar_gz(members or cifar_members())}, "cifar10")
 
 
 # ---- cifar10 --------------------------------------------------------------------------------
+
 
 def test_cifar10_becomes_class_folders_with_the_exact_pixels(tmp_path):
     done = extract_all(cifar_raw(tmp_path), tmp_path / "out", Extract())
@@ -101,6 +106,7 @@ class RunsACommand:
 
     def __reduce__(self):
         import os
+
         return os.system, (f"touch {self.marker}",)
 
 
@@ -113,19 +119,30 @@ def _without(member: str) -> dict[str, bytes]:
 CIFAR_BROKEN = {
     "missing batch": (lambda: _without("data_batch_4"), "data_batch_4: missing"),
     "missing meta": (lambda: _without("batches.meta"), "batches.meta: missing"),
-    "wrong shape": (lambda: _edit_batch("data_batch_2", data=np.zeros((10, 3000), np.uint8)),
-                    r"shape \(N, 3072\).*\(10, 3000\)"),
-    "wrong dtype": (lambda: _edit_batch("test_batch", data=np.zeros((10, 3072), np.int64)),
-                    "must be a uint8 array"),
-    "label out of range": (lambda: _edit_batch("data_batch_5", labels=[10] + [0] * 9),
-                           r"label 10 of image 0 is out of range 0\.\.9"),
-    "labels not matching rows": (lambda: _edit_batch("data_batch_1", labels=[0] * 9),
-                                 "list of 10 ints"),
-    "binary version": (lambda: {k.replace("-py/", "-bin/"): v
-                                for k, v in cifar_members().items()},
-                       "exactly one cifar-10-batches-py/ folder"),
-    "not a pickle": (lambda: {**cifar_members(), "cifar-10-batches-py/test_batch": b"junk"},
-                     "test_batch: not a CIFAR-10 python batch"),
+    "wrong shape": (
+        lambda: _edit_batch("data_batch_2", data=np.zeros((10, 3000), np.uint8)),
+        r"shape \(N, 3072\).*\(10, 3000\)",
+    ),
+    "wrong dtype": (
+        lambda: _edit_batch("test_batch", data=np.zeros((10, 3072), np.int64)),
+        "must be a uint8 array",
+    ),
+    "label out of range": (
+        lambda: _edit_batch("data_batch_5", labels=[10] + [0] * 9),
+        r"label 10 of image 0 is out of range 0\.\.9",
+    ),
+    "labels not matching rows": (
+        lambda: _edit_batch("data_batch_1", labels=[0] * 9),
+        "list of 10 ints",
+    ),
+    "binary version": (
+        lambda: {k.replace("-py/", "-bin/"): v for k, v in cifar_members().items()},
+        "exactly one cifar-10-batches-py/ folder",
+    ),
+    "not a pickle": (
+        lambda: {**cifar_members(), "cifar-10-batches-py/test_batch": b"junk"},
+        "test_batch: not a CIFAR-10 python batch",
+    ),
 }
 
 
@@ -142,7 +159,8 @@ def test_hostile_pickle_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
     members = cifar_members()
     members["cifar-10-batches-py/batches.meta"] = py2_pickle(
-        {b"label_names": CIFAR_NAMES, b"x": RunsACommand(marker)})
+        {b"label_names": CIFAR_NAMES, b"x": RunsACommand(marker)}
+    )
     pickle.loads(py2_pickle(RunsACommand(tmp_path / "proof")))  # a plain load would run it
     assert (tmp_path / "proof").exists()
 
@@ -156,6 +174,7 @@ def test_hostile_pickle_runs_no_code(tmp_path):
 
 # ---- flowers102 -----------------------------------------------------------------------------
 
+
 def flowers_raw(root: Path, **replace: bytes) -> Path:
     return make_raw(root, {**flowers_files(), **replace}, "flowers102")
 
@@ -168,15 +187,19 @@ def test_flowers102_official_split_and_zero_padded_classes(tmp_path):
     classes = [f"{c:03d}" for c in range(1, 13)]
     for split, first in (("train", 1), ("val", 13), ("test", 25)):
         assert sorted(p.name for p in (root / split).iterdir()) == classes
-        assert {p.relative_to(root / split).as_posix() for p in (root / split).rglob("*.jpg")} \
-            == {f"{(i - 1) % 12 + 1:03d}/image_{i:05d}.jpg" for i in range(first, first + 12)}
+        assert {p.relative_to(root / split).as_posix() for p in (root / split).rglob("*.jpg")} == {
+            f"{(i - 1) % 12 + 1:03d}/image_{i:05d}.jpg" for i in range(first, first + 12)
+        }
     originals = flowers_images(36)
     assert (root / "val/010/image_00022.jpg").read_bytes() == originals["jpg/image_00022.jpg"]
 
 
 def _setid(**rows) -> bytes:
-    ids = {"trnid": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
-           "valid": list(range(13, 25)), "tstid": list(range(25, 37))}
+    ids = {
+        "trnid": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        "valid": list(range(13, 25)),
+        "tstid": list(range(25, 37)),
+    }
     ids.update(rows)
     return mat_bytes({k: np.array([v], dtype=np.float64) for k, v in ids.items()})
 
@@ -186,24 +209,45 @@ def _labels(values) -> bytes:
 
 
 FLOWERS_BROKEN = {
-    "label 0": (dict(**{"imagelabels.mat": _labels([[0] + [1] * 35])}),
-                r"imagelabels.mat: label 0 of image 1 is out of range 1\.\.102"),
-    "label 103": (dict(**{"imagelabels.mat": _labels([[1] * 35 + [103]])}),
-                  r"label 103 of image 36 is out of range"),
-    "labels not a row": (dict(**{"imagelabels.mat": _labels([[1] * 18, [2] * 18])}),
-                         r"'labels' must be a 1 x N row.*\(2, 18\)"),
+    "label 0": (
+        dict(**{"imagelabels.mat": _labels([[0] + [1] * 35])}),
+        r"imagelabels.mat: label 0 of image 1 is out of range 1\.\.102",
+    ),
+    "label 103": (
+        dict(**{"imagelabels.mat": _labels([[1] * 35 + [103]])}),
+        r"label 103 of image 36 is out of range",
+    ),
+    "labels not a row": (
+        dict(**{"imagelabels.mat": _labels([[1] * 18, [2] * 18])}),
+        r"'labels' must be a 1 x N row.*\(2, 18\)",
+    ),
     "fractional label": (dict(**{"imagelabels.mat": _labels([[1.5] * 36])}), "non-integer"),
-    "id in two splits": (dict(**{"setid.mat": _setid(valid=list(range(12, 24)))}),
-                         "image id 12 is in both 'trnid' and 'valid'"),
-    "id out of range": (dict(**{"setid.mat": _setid(tstid=list(range(25, 38)))}),
-                        r"'tstid' lists image id 37, out of range 1\.\.36"),
-    "missing variable": (dict(**{"setid.mat": mat_bytes({"trnid": np.ones((1, 3))})}),
-                         "no variable 'valid'"),
-    "missing image": (dict(**{"102flowers.tgz": tar_gz(
-        {k: v for k, v in flowers_images(36).items() if k != "jpg/image_00030.jpg"})}),
-        r"lacks 1 image.*jpg/image_00030.jpg"),
-    "not a mat file": (dict(**{"setid.mat": b"<html>moved</html>"}),
-                       "setid.mat: not a readable MATLAB file"),
+    "id in two splits": (
+        dict(**{"setid.mat": _setid(valid=list(range(12, 24)))}),
+        "image id 12 is in both 'trnid' and 'valid'",
+    ),
+    "id out of range": (
+        dict(**{"setid.mat": _setid(tstid=list(range(25, 38)))}),
+        r"'tstid' lists image id 37, out of range 1\.\.36",
+    ),
+    "missing variable": (
+        dict(**{"setid.mat": mat_bytes({"trnid": np.ones((1, 3))})}),
+        "no variable 'valid'",
+    ),
+    "missing image": (
+        dict(
+            **{
+                "102flowers.tgz": tar_gz(
+                    {k: v for k, v in flowers_images(36).items() if k != "jpg/image_00030.jpg"}
+                )
+            }
+        ),
+        r"lacks 1 image.*jpg/image_00030.jpg",
+    ),
+    "not a mat file": (
+        dict(**{"setid.mat": b"<html>moved</html>"}),
+        "setid.mat: not a readable MATLAB file",
+    ),
 }
 
 
@@ -218,10 +262,12 @@ def test_malformed_flowers102_is_refused_naming_the_file(tmp_path, case):
 def test_local_folders_in_the_official_layout_are_converted_too(tmp_path):
     """`url:` may name the unpacked folders (cifar-10-batches-py/, jpg/) instead of the archives."""
     raw = tmp_path / "raw"  # as download copies a local folder source: under its own name
-    write_files(raw / "cifar-10-batches-py",
-                {k.split("/")[1]: v for k, v in cifar_members().items()})
-    (raw / "sources.json").write_text(json.dumps([{"name": "cifar-10-batches-py",
-                                                   "split": None, "format": "cifar10"}]))
+    write_files(
+        raw / "cifar-10-batches-py", {k.split("/")[1]: v for k, v in cifar_members().items()}
+    )
+    (raw / "sources.json").write_text(
+        json.dumps([{"name": "cifar-10-batches-py", "split": None, "format": "cifar10"}])
+    )
     assert extract_all(raw, tmp_path / "out", Extract())[0].files == 60
 
 
@@ -234,16 +280,22 @@ def test_flowers102_without_its_label_file_names_all_three(tmp_path):
 
 # ---- params ---------------------------------------------------------------------------------
 
+
 def test_every_format_has_a_converter():
     assert set(CONVERTERS) == set(typing.get_args(DatasetFormat)) - {"folders"}
 
 
-@pytest.mark.parametrize("entry, expected", [
-    ({"format": "cifar10", "generate": {}}, "give `archives:`"),
-    ({"format": "flowers102", "archives": [{"url": "x.tgz", "split": "train"}]},
-     "remove `split:`"),
-    ({"format": "cifar100", "archives": [{"url": "x.tgz"}]}, "format"),
-])
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ({"format": "cifar10", "generate": {}}, "give `archives:`"),
+        (
+            {"format": "flowers102", "archives": [{"url": "x.tgz", "split": "train"}]},
+            "remove `split:`",
+        ),
+        ({"format": "cifar100", "archives": [{"url": "x.tgz"}]}, "format"),
+    ],
+)
 def test_bad_format_params_are_refused(params_raw, entry, expected):
     params_raw["datasets"]["mine"] = entry
     with pytest.raises(ParamsError, match=expected):
@@ -252,15 +304,20 @@ def test_bad_format_params_are_refused(params_raw, entry, expected):
 
 def test_presets_point_at_the_official_files(params_raw):
     params = validate(params_raw)
-    urls = {name: [urlsplit(a.url).path.rsplit("/", 1)[1] for a in params.datasets[name].archives]
-            for name in ("cifar10", "flowers102")}
-    assert urls == {"cifar10": ["cifar-10-python.tar.gz"],
-                    "flowers102": ["102flowers.tgz", "imagelabels.mat", "setid.mat"]}
+    urls = {
+        name: [urlsplit(a.url).path.rsplit("/", 1)[1] for a in params.datasets[name].archives]
+        for name in ("cifar10", "flowers102")
+    }
+    assert urls == {
+        "cifar10": ["cifar-10-python.tar.gz"],
+        "flowers102": ["102flowers.tgz", "imagelabels.mat", "setid.mat"],
+    }
     assert params.datasets["cifar10"].format == "cifar10"
     assert params.datasets["flowers102"].format == "flowers102"
 
 
 # ---- end to end under DVC -------------------------------------------------------------------
+
 
 def serve_preset(server, params_raw: dict, name: str, files: dict[str, bytes]) -> dict:
     """Serve `files` at the paths of the preset's official URLs; point the preset at them."""
@@ -275,15 +332,18 @@ def serve_preset(server, params_raw: dict, name: str, files: dict[str, bytes]) -
 def read_split(repo: Path) -> tuple[list[str], dict, dict[str, list[dict]]]:
     classes = json.loads((repo / "data/split/classes.json").read_text())["classes"]
     metrics = json.loads((repo / "metrics/split.json").read_text())
-    rows = {s: list(csv.DictReader((repo / f"data/split/{s}.csv").open()))
-            for s in ("train", "val", "test")}
+    rows = {
+        s: list(csv.DictReader((repo / f"data/split/{s}.csv").open()))
+        for s in ("train", "val", "test")
+    }
     return classes, metrics, rows
 
 
 def source_of(repo: Path) -> dict[str, str]:
     """clean's image path -> the extracted file it came from."""
-    return {r["path"]: r["source"]
-            for r in csv.DictReader((repo / "data/clean/manifest.csv").open())}
+    return {
+        r["path"]: r["source"] for r in csv.DictReader((repo / "data/clean/manifest.csv").open())
+    }
 
 
 @pytest.mark.slow
@@ -297,8 +357,8 @@ def test_cifar10_preset_over_http_through_split(server, tmp_path, params_raw):
     clean = json.loads((repo / "metrics/clean.json").read_text())
     assert (clean["kept"], clean["rejected"]) == (60, 0)  # 32 px images pass clean.min_side
     classes, metrics, rows = read_split(repo)
-    assert classes == NAMES                        # alphabetical = CIFAR's own label numbers
-    assert metrics["test"]["total"] == 10          # test_batch, kept whole
+    assert classes == NAMES  # alphabetical = CIFAR's own label numbers
+    assert metrics["test"]["total"] == 10  # test_batch, kept whole
     assert (metrics["train"]["total"], metrics["val"]["total"]) == (40, 10)  # val carved
     sources = source_of(repo)
     for split in ("train", "val", "test"):
@@ -312,14 +372,17 @@ def test_cifar10_preset_over_http_through_split(server, tmp_path, params_raw):
 
 @pytest.mark.slow
 def test_flowers102_preset_over_http_through_split(server, tmp_path, params_raw):
-    repo = make_project_repo(tmp_path / "repo",
-                             serve_preset(server, params_raw, "flowers102", flowers_files()))
+    repo = make_project_repo(
+        tmp_path / "repo", serve_preset(server, params_raw, "flowers102", flowers_files())
+    )
 
     run(DVC + ["repro", "split"], repo)
 
-    assert sorted(p for p, _ in server.log) == ["/~vgg/data/flowers/102/102flowers.tgz",
-                                                "/~vgg/data/flowers/102/imagelabels.mat",
-                                                "/~vgg/data/flowers/102/setid.mat"]
+    assert sorted(p for p, _ in server.log) == [
+        "/~vgg/data/flowers/102/102flowers.tgz",
+        "/~vgg/data/flowers/102/imagelabels.mat",
+        "/~vgg/data/flowers/102/setid.mat",
+    ]
     classes, metrics, rows = read_split(repo)
     assert classes == [f"{c:03d}" for c in range(1, 13)]
     assert {s: metrics[s]["total"] for s in rows} == {"train": 12, "val": 12, "test": 12}

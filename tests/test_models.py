@@ -1,4 +1,6 @@
-"""transferline/models/registry.py: registry, generic head, trainable selection, BN modes, checkpoints."""
+"""transferline/models/registry.py: registry, generic head, trainable selection, BN modes,
+checkpoints."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -15,8 +17,18 @@ from transferline.data.transforms import eval_transform
 
 from conftest import checkpoint_meta
 
-REQUIRED = ["resnet18", "resnet50", "vgg16", "densenet169", "mobilenet_v3_small",
-            "efficientnet_b0", "efficientnet_lite0", "cnn1", "cnn2", "cnn3"]
+REQUIRED = [
+    "resnet18",
+    "resnet50",
+    "vgg16",
+    "densenet169",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "cnn1",
+    "cnn2",
+    "cnn3",
+]
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -53,14 +65,23 @@ def test_pretrained_flag_says_whether_imagenet_weights_exist(arch):
         assert not torch.equal(loaded["conv_stem.weight"], random["conv_stem.weight"])
     else:  # torchvision publishes them (the download itself is tested elsewhere)
         from torchvision.models import get_model_weights
+
         assert get_model_weights(arch).DEFAULT.url.startswith("https://")
 
 
 # Where each architecture keeps its classifier (torchvision's and timm's module names).
-HEADS = {"resnet18": "fc", "resnet50": "fc", "vgg16": "classifier.6",
-         "densenet169": "classifier", "mobilenet_v3_small": "classifier.3",
-         "efficientnet_b0": "classifier.1", "efficientnet_lite0": "classifier",
-         "cnn1": "head", "cnn2": "head", "cnn3": "head"}
+HEADS = {
+    "resnet18": "fc",
+    "resnet50": "fc",
+    "vgg16": "classifier.6",
+    "densenet169": "classifier",
+    "mobilenet_v3_small": "classifier.3",
+    "efficientnet_b0": "classifier.1",
+    "efficientnet_lite0": "classifier",
+    "cnn1": "head",
+    "cnn2": "head",
+    "cnn3": "head",
+}
 
 
 @pytest.mark.parametrize("arch", REQUIRED)
@@ -94,6 +115,7 @@ def test_small_cnn_has_no_pretrained_weights():
 
 def _macs(model: torch.nn.Module, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(x)
     return counter.get_total_flops() // 2
@@ -127,6 +149,7 @@ def test_torchvision_weights_offline_name_the_file_and_cache_folder(tmp_path, mo
 def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
     from sklearn.datasets import load_sample_image
     from torchvision.models import ResNet18_Weights
+
     categories = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet names, offline
     net = models.ARCHS["efficientnet_lite0"].make(True).eval()  # keeps the ImageNet head
     mean, std = models.norm_stats("efficientnet_lite0")
@@ -166,8 +189,7 @@ def test_exactly_the_selected_parameters_change_after_a_step(trainable):
     before = _params(model)
     _step(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    expected = {n for n in before
-                if any(n.startswith(m + ".") for m in CNN3_CASES[trainable])}
+    expected = {n for n in before if any(n.startswith(m + ".") for m in CNN3_CASES[trainable])}
     assert changed == expected
     assert info["trainable_params"] == sum(before[n].numel() for n in expected)
     assert info["total_params"] == sum(t.numel() for t in before.values())
@@ -180,8 +202,11 @@ def test_last_block_of_lite0_includes_conv_head_and_bn2():
     assert info["trainable_modules"] == ["blocks.6", "conv_head", "bn2", "classifier"]
     before = _params(model)
     _step(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
-    changed = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
-               for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    changed = {
+        n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+        for n, p in model.named_parameters()
+        if not torch.equal(p, before[n])
+    }
     assert changed == {"blocks.6", "conv_head", "bn2", "classifier"}
 
 
@@ -204,8 +229,11 @@ def test_frozen_batchnorm_statistics_stay_put_in_train_mode():
     with torch.no_grad():
         model(torch.randn(8, 3, 32, 32) * 3 + 1)
     moved = {n for n, b in model.named_buffers() if not torch.equal(b, buffers[n])}
-    assert moved == {"features.2.1.running_mean", "features.2.1.running_var",
-                     "features.2.1.num_batches_tracked"}
+    assert moved == {
+        "features.2.1.running_mean",
+        "features.2.1.running_var",
+        "features.2.1.num_batches_tracked",
+    }
 
 
 def test_train_mode_leaves_the_dropout_before_the_head_on():
@@ -216,6 +244,7 @@ def test_train_mode_leaves_the_dropout_before_the_head_on():
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
+
 
 def _meta(arch="cnn2", classes=("a", "b", "c"), head=None) -> dict:
     return checkpoint_meta(arch, classes, 32, head)
@@ -300,6 +329,7 @@ def test_feature_caching_swaps_the_whole_richer_head(tmp_path):
 def test_optimiser_head_group_holds_every_head_parameter():
     from transferline.config.params import Phase
     from transferline.engine.fit import make_optimizer
+
     torch.manual_seed(0)
     model = models.build("cnn2", 3, "none", HEAD)
     models.set_trainable(model, "cnn2", "all")
@@ -327,10 +357,14 @@ def test_checkpoint_with_a_richer_head_reloads_alone(tmp_path):
 def test_head_params_are_validated_strictly(params_raw):
     from transferline.config.errors import ParamsError
     from transferline.config.params import validate
+
     params_raw["strategies"]["finetune"]["head"] = {"hidden": [256], "dropout": 0.5}
     assert validate(params_raw).strategies["finetune"].head.hidden == [256]
-    for bad, match in [({"hidden": [0]}, "head.hidden.0"), ({"dropout": 1.0}, "head.dropout"),
-                       ({"width": 3}, "head.width: unknown key")]:
+    for bad, match in [
+        ({"hidden": [0]}, "head.hidden.0"),
+        ({"dropout": 1.0}, "head.dropout"),
+        ({"width": 3}, "head.width: unknown key"),
+    ]:
         params_raw["strategies"]["finetune"]["head"] = bad
         with pytest.raises(ParamsError, match=match):
             validate(params_raw)

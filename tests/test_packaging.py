@@ -1,6 +1,7 @@
 """pyproject.toml makes a real package: a build backend, the dependencies requirements.in names
 (the pipeline's as an extra), one console command whose subcommands import and answer --help,
 and a wheel that ships the library package alone."""
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,9 @@ def test_build_backend_is_declared():
 
 
 def test_dependencies_cover_requirements_in_and_torch_is_a_range_pinned_in_the_lock():
-    listed = [line.split("#")[0].strip() for line in (ROOT / "requirements.in").read_text()
-              .splitlines()]
+    listed = [
+        line.split("#")[0].strip() for line in (ROOT / "requirements.in").read_text().splitlines()
+    ]
     wanted = {_name(r) for r in listed if r} - {"setuptools"}
     extras = PROJECT["optional-dependencies"]
     declared = [*PROJECT["dependencies"], *extras["pipeline"], *extras["test"]]
@@ -67,8 +69,9 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
 
 
 def test_python_m_transferline_is_the_console_command():
-    proc = subprocess.run([sys.executable, "-m", "transferline", "--help"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "transferline", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "predict" in proc.stdout and "check" in proc.stdout
 
 
@@ -76,11 +79,29 @@ def test_python_m_transferline_is_the_console_command():
 def test_the_wheel_ships_the_library_package_alone(tmp_path):
     # built from a copy of the checkout: setuptools leaves build/ beside the sources it builds
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".venv", ".git", ".dvc", "data", "models", "*.egg-info", "__pycache__", ".cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)], check=True,
-                   capture_output=True)
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", ".dvc", "data", "models", "*.egg-info", "__pycache__", ".cache"
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("transferline-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}

@@ -1,5 +1,6 @@
 """params.yaml is validated strictly: the shipped file loads, and each kind of mistake stops
 with a message that names the key and what is allowed."""
+
 import subprocess
 import sys
 
@@ -22,30 +23,59 @@ def test_shipped_params_load_and_every_strategy_resolves():
     assert partial[1].lr < partial[0].lr
 
 
-@pytest.mark.parametrize("edit, key, hint", [
-    (lambda p: p["clean"].update(workerz=2), "clean.workerz", "unknown key"),
-    (lambda p: p["train"].update(batch_size="32"), "train.batch_size", "valid integer"),
-    (lambda p: p["strategies"]["finetune"].update(lr=-1), "strategies.finetune.lr",
-     "greater than 0"),
-    (lambda p: p["strategies"]["scratch"].update(trainable="heads"),
-     "strategies.scratch.trainable", "all | head"),
-    (lambda p: p["strategies"]["finetune"].update(optimizer="lion"),
-     "strategies.finetune.optimizer", "'sgd', 'adam' or 'adamw'"),
-    (lambda p: p["split"].update(val=0.5, test=0.45), "split", "at least 10% for train"),
-    (lambda p: p.update(dataset="imagenet"), "dataset", "choose one of"),
-    (lambda p: p["datasets"]["hymenoptera"]["archives"][0].update(sha256="abc"),
-     "datasets.hymenoptera.archives.0.sha256", "pattern"),
-    (lambda p: p["strategies"]["finetune"].update(cache_features=True),
-     "strategies.finetune", "cache_features needs `trainable: head`"),
-    (lambda p: p["strategies"]["partial"]["phases"][0].update(arch="resnet18"),
-     "strategies.partial.phases.0.arch", "unknown key"),
-    (lambda p: p["strategies"]["finetune"].update(momentum=0.0, nesterov=True),
-     "strategies.finetune", "nesterov: true needs momentum > 0"),
-    # the phase sets nesterov and inherits momentum 0 from the entry: caught before any stage
-    (lambda p: (p["strategies"]["partial"].update(momentum=0.0),
-                p["strategies"]["partial"]["phases"][0].update(nesterov=True)),
-     "strategies.partial", "phases.0: nesterov: true needs momentum > 0"),
-])
+@pytest.mark.parametrize(
+    "edit, key, hint",
+    [
+        (lambda p: p["clean"].update(workerz=2), "clean.workerz", "unknown key"),
+        (lambda p: p["train"].update(batch_size="32"), "train.batch_size", "valid integer"),
+        (
+            lambda p: p["strategies"]["finetune"].update(lr=-1),
+            "strategies.finetune.lr",
+            "greater than 0",
+        ),
+        (
+            lambda p: p["strategies"]["scratch"].update(trainable="heads"),
+            "strategies.scratch.trainable",
+            "all | head",
+        ),
+        (
+            lambda p: p["strategies"]["finetune"].update(optimizer="lion"),
+            "strategies.finetune.optimizer",
+            "'sgd', 'adam' or 'adamw'",
+        ),
+        (lambda p: p["split"].update(val=0.5, test=0.45), "split", "at least 10% for train"),
+        (lambda p: p.update(dataset="imagenet"), "dataset", "choose one of"),
+        (
+            lambda p: p["datasets"]["hymenoptera"]["archives"][0].update(sha256="abc"),
+            "datasets.hymenoptera.archives.0.sha256",
+            "pattern",
+        ),
+        (
+            lambda p: p["strategies"]["finetune"].update(cache_features=True),
+            "strategies.finetune",
+            "cache_features needs `trainable: head`",
+        ),
+        (
+            lambda p: p["strategies"]["partial"]["phases"][0].update(arch="resnet18"),
+            "strategies.partial.phases.0.arch",
+            "unknown key",
+        ),
+        (
+            lambda p: p["strategies"]["finetune"].update(momentum=0.0, nesterov=True),
+            "strategies.finetune",
+            "nesterov: true needs momentum > 0",
+        ),
+        # the phase sets nesterov and inherits momentum 0 from the entry: caught before any stage
+        (
+            lambda p: (
+                p["strategies"]["partial"].update(momentum=0.0),
+                p["strategies"]["partial"]["phases"][0].update(nesterov=True),
+            ),
+            "strategies.partial",
+            "phases.0: nesterov: true needs momentum > 0",
+        ),
+    ],
+)
 def test_invalid_values_name_the_key(params_raw, edit, key, hint):
     edit(params_raw)
     with pytest.raises(P.ParamsError) as exc:
@@ -80,8 +110,17 @@ def test_code_defaults_equal_the_shipped_params():
     """A key left out of params.yaml must behave as the shipped file says."""
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     checked = []
-    for section in ("download", "extract", "clean", "split", "runtime", "train", "evaluate", "report",
-                    "check"):
+    for section in (
+        "download",
+        "extract",
+        "clean",
+        "split",
+        "runtime",
+        "train",
+        "evaluate",
+        "report",
+        "check",
+    ):
         model = type(P.Params.model_fields[section].get_default())
         for key, default, value in _defaults_and_values(model, shipped[section], f"{section}."):
             if key in NO_SHIPPED_DEFAULT:
@@ -106,22 +145,38 @@ def test_unknown_strategy_lists_the_known_ones():
 def test_stage_exits_2_before_work_on_bad_params(tmp_path, params_raw):
     params_raw["seed"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
-    proc = subprocess.run([sys.executable, "-m", "stages.split", "--clean", "clean",
-                           "--out", "split", "--metrics", "split.json"],
-                          cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.split",
+            "--clean",
+            "clean",
+            "--out",
+            "split",
+            "--metrics",
+            "split.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     assert "seed: Input should be greater than or equal to 0 (got -1)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no work done
 
 
-@pytest.mark.parametrize("dataset, setting, expected", [
-    ("demo", "auto", 96),          # each preset's own size
-    ("cifar10", "auto", 32),
-    ("hymenoptera", "auto", 224),
-    ("cifar10", 64, 64),           # a number overrides the preset
-])
+@pytest.mark.parametrize(
+    "dataset, setting, expected",
+    [
+        ("demo", "auto", 96),  # each preset's own size
+        ("cifar10", "auto", 32),
+        ("hymenoptera", "auto", 224),
+        ("cifar10", 64, 64),  # a number overrides the preset
+    ],
+)
 def test_image_size_auto_follows_the_dataset(params_raw, dataset, setting, expected):
     params_raw.update(dataset=dataset)
     params_raw["train"]["image_size"] = setting
@@ -144,20 +199,32 @@ def test_validate_stage_checks_archs_without_importing_torch(tmp_path):
     good.write_text(yaml.safe_dump(raw))
     raw["strategies"]["scratch"]["arch"] = "resnet19"
     bad.write_text(yaml.safe_dump(raw))
-    probe = ("import sys\n"
-             "from stages import validate\n"
-             "try:\n"
-             "    validate.validate(sys.argv[1], sys.argv[2])\n"
-             "    print('valid')\n"
-             "except Exception as exc:\n"
-             "    print(str(exc).splitlines()[-1].strip())\n"
-             "print('torch' in sys.modules, 'torchvision' in sys.modules)\n")
-    runs = {name: subprocess.run([sys.executable, "-c", probe, str(path), str(tmp_path / name)],
-                                 cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            for name, path in (("good.ok", good), ("bad.ok", bad))}
+    probe = (
+        "import sys\n"
+        "from stages import validate\n"
+        "try:\n"
+        "    validate.validate(sys.argv[1], sys.argv[2])\n"
+        "    print('valid')\n"
+        "except Exception as exc:\n"
+        "    print(str(exc).splitlines()[-1].strip())\n"
+        "print('torch' in sys.modules, 'torchvision' in sys.modules)\n"
+    )
+    runs = {
+        name: subprocess.run(
+            [sys.executable, "-c", probe, str(path), str(tmp_path / name)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for name, path in (("good.ok", good), ("bad.ok", bad))
+    }
     assert runs["good.ok"].splitlines() == ["valid", "False False"]
     assert (tmp_path / "good.ok").is_file()
-    assert runs["bad.ok"].splitlines()[0].startswith(
-        "strategies.scratch.arch: unknown arch 'resnet19'; choose one of resnet18,")
+    assert (
+        runs["bad.ok"]
+        .splitlines()[0]
+        .startswith("strategies.scratch.arch: unknown arch 'resnet19'; choose one of resnet18,")
+    )
     assert runs["bad.ok"].splitlines()[1] == "False False"
     assert not (tmp_path / "bad.ok").exists()

@@ -5,6 +5,7 @@ compared with `dvc metrics diff` / `dvc plots diff`, `dvc exp run -S`, and a loc
 The repo is built once per module (a full run takes about a minute on 2 cores); tests that change
 it work on their own clone or branch.
 """
+
 import json
 import shutil
 
@@ -21,7 +22,7 @@ def tiny(params: dict) -> dict:
     """The shipped params shrunk to a seconds-long CPU run (same stages, same strategies)."""
     params["datasets"]["demo"]["generate"].update(per_class=24, size=48)
     params["train"].update(image_size=48, workers=0, batch_size=16)
-    for name, strategy in params["strategies"].items():
+    for strategy in params["strategies"].values():
         strategy["epochs"] = 1
         for phase in strategy.get("phases", []):
             phase["epochs"] = 1
@@ -41,8 +42,15 @@ def dvc(repo, *args, check=True):
 
 def tracked_state(repo) -> dict[str, bytes]:
     """dvc.lock plus every small tracked output, by path."""
-    paths = ["dvc.lock", *sorted(p.relative_to(repo).as_posix() for folder in
-             ("metrics", "plots", "reports") for p in (repo / folder).rglob("*") if p.is_file())]
+    paths = [
+        "dvc.lock",
+        *sorted(
+            p.relative_to(repo).as_posix()
+            for folder in ("metrics", "plots", "reports")
+            for p in (repo / folder).rglob("*")
+            if p.is_file()
+        ),
+    ]
     return {p: (repo / p).read_bytes() for p in paths}
 
 
@@ -51,6 +59,7 @@ def project(tmp_path_factory, request):
     import yaml
 
     from conftest import ROOT
+
     params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
     repo = make_project_repo(tmp_path_factory.mktemp("pipeline") / "repo", params)
     dvc(repo, "repro")
@@ -61,8 +70,7 @@ def project(tmp_path_factory, request):
 
 def test_repro_runs_every_stage_and_leaves_status_clean(project):
     lock = (project / "dvc.lock").read_text()
-    for stage in ["download", "extract", "clean", "split", "select", "predict", "export",
-                  "report"]:
+    for stage in ["download", "extract", "clean", "split", "select", "predict", "export", "report"]:
         assert f"\n  {stage}:" in lock
     for name in STRATEGIES:
         assert f"train@{name}:" in lock and f"evaluate@{name}:" in lock
@@ -81,7 +89,11 @@ def test_best_strategy_predictions_and_exports(project):
     rows = (project / "reports/predictions.csv").read_text().splitlines()
     assert rows[0] == "file,class,probability,top_k,error" and len(rows) == 1 + 4
     assert sorted(p.name for p in (project / "export").iterdir()) == [
-        "model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"]
+        "model.onnx",
+        "model.onnx.json",
+        "model.torchscript.pt",
+        "model.torchscript.pt.json",
+    ]
     side = json.loads((project / "export/model.onnx.json").read_text())
     assert side["strategy"] == best["strategy"]
     report = (project / "reports/report.md").read_text()
@@ -103,11 +115,15 @@ def test_metrics_show_has_a_row_per_strategy(project):
 def test_plots_show_confusion_with_class_names(project):
     shown = json.loads(dvc(project, "plots", "show", "--json").stdout)
     classes = json.loads((project / "data/split/classes.json").read_text())["classes"]
-    test_paths = [line.split(",")[0] for line in
-                  (project / "data/split/test.csv").read_text().splitlines()[1:]]
+    test_paths = [
+        line.split(",")[0]
+        for line in (project / "data/split/test.csv").read_text().splitlines()[1:]
+    ]
     assert len(test_paths) >= len(classes)
     for name in STRATEGIES:
-        (plot,) = [v for k, v in shown["data"].items() if k.endswith(f"plots/confusion/{name}.json")]
+        (plot,) = [
+            v for k, v in shown["data"].items() if k.endswith(f"plots/confusion/{name}.json")
+        ]
         values = plot[0]["content"]["data"]["values"]
         # one record per test image, each with class names
         assert sorted(v["path"] for v in values) == sorted(test_paths)
@@ -135,7 +151,7 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     repo = copy_of(project, tmp_path / "repo")
     ran = dvc(repo, "exp", "run", "-n", "lr-0.05", "-S", "strategies.finetune.lr=0.05").stdout
     assert "Running stage 'train@finetune'" in ran
-    assert "Running stage 'train@scratch'" not in ran        # only what the change touches
+    assert "Running stage 'train@scratch'" not in ran  # only what the change touches
     shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
     (row,) = [line for line in shown.splitlines() if "lr-0.05" in line]
     assert "0.05" in row
@@ -158,6 +174,7 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     assert set(plots["data"]["val_acc"][0]["revisions"]) == {"main", "lr-change"}
 
     from transferline.tools.compare import render
+
     section = render(diff, "main", "lr-change")
     for name in STRATEGIES:
         assert f"| {name} |" in section
@@ -165,14 +182,17 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
 
 def output_bytes(repo) -> dict[str, bytes]:
     """Every file DVC or git tracks as a pipeline output or lock, by path."""
-    return {p.relative_to(repo).as_posix(): p.read_bytes()
-            for folder in ("data", "models", "metrics", "plots", "reports")
-            for p in sorted((repo / folder).rglob("*")) if p.is_file()} | {
-        "dvc.lock": (repo / "dvc.lock").read_bytes()}
+    return {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for folder in ("data", "models", "metrics", "plots", "reports")
+        for p in sorted((repo / folder).rglob("*"))
+        if p.is_file()
+    } | {"dvc.lock": (repo / "dvc.lock").read_bytes()}
 
 
 def edit_params(repo, edit) -> None:
     import yaml
+
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     edit(params)
@@ -182,17 +202,24 @@ def edit_params(repo, edit) -> None:
 BAD_PARAMS = {  # edit -> the key path the error must name
     "unknown top-level key": (lambda p: p.update(foo=1), "foo: unknown key"),
     "misspelt section": (lambda p: p.update(evalute=p["evaluate"]), "evalute: unknown key"),
-    "negative lr": (lambda p: p["strategies"]["finetune"].update(lr=-0.01),
-                    "strategies.finetune.lr:"),
+    "negative lr": (
+        lambda p: p["strategies"]["finetune"].update(lr=-0.01),
+        "strategies.finetune.lr:",
+    ),
     "negative seed": (lambda p: p.update(seed=-1), "seed:"),
-    "unknown dataset": (lambda p: p.update(dataset="nosuch"),
-                        "dataset: 'nosuch' is not an entry of `datasets:`; choose one of"),
+    "unknown dataset": (
+        lambda p: p.update(dataset="nosuch"),
+        "dataset: 'nosuch' is not an entry of `datasets:`; choose one of",
+    ),
     "unused dataset entry": (
         lambda p: p["datasets"]["hymenoptera"]["archives"][0].update(sha256="abc"),
-        "datasets.hymenoptera.archives.0.sha256:"),
+        "datasets.hymenoptera.archives.0.sha256:",
+    ),
     "check section": (lambda p: p["check"].update(tolerance=-1), "check.tolerance:"),
-    "unknown arch": (lambda p: p["strategies"]["finetune"].update(arch="resnet999"),
-                     "strategies.finetune.arch: unknown arch 'resnet999'; choose one of"),
+    "unknown arch": (
+        lambda p: p["strategies"]["finetune"].update(arch="resnet999"),
+        "strategies.finetune.arch: unknown arch 'resnet999'; choose one of",
+    ),
 }
 
 
@@ -208,8 +235,9 @@ def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):
         assert proc.stdout.count("Running stage") == 1, f"{case}: only validate may run"
         assert git(repo, "status", "--porcelain") == " M params.yaml\n", case
         git(repo, "checkout", "-q", "params.yaml")
-        assert output_bytes(repo) == {k: v for k, v in before.items()
-                                      if k != "data/params.ok"}, case
+        assert output_bytes(repo) == {k: v for k, v in before.items() if k != "data/params.ok"}, (
+            case
+        )
     # back to the committed params: only the validate stamp comes back (from DVC's run
     # cache), byte for byte, and no other stage runs
     ran = dvc(repo, "repro").stdout
@@ -226,6 +254,7 @@ def test_another_thread_count_stays_within_the_check_tolerances(project, tmp_pat
 
     from transferline.config.params import validate
     from transferline.tools.check import DRIFT, OK, compare_metrics, split_counts
+
     repo = copy_of(project, tmp_path / "repo")
     edit_params(repo, lambda p: p.update(threads=1))
     dvc(repo, "repro")
@@ -240,13 +269,17 @@ def test_another_thread_count_stays_within_the_check_tolerances(project, tmp_pat
     accuracy = diff["metrics/eval/finetune.json"]["accuracy"]
     n = counts["test"].total
     accuracy["new"] = accuracy["old"] + (check.images + 1) / n
-    (row,) = [r for r in compare_metrics(diff, check, counts)
-              if r.metric == "metrics/eval/finetune.json:accuracy"]
+    (row,) = [
+        r
+        for r in compare_metrics(diff, check, counts)
+        if r.metric == "metrics/eval/finetune.json:accuracy"
+    ]
     assert row.verdict == DRIFT
 
 
 def test_speed_only_settings_re_run_nothing(project, tmp_path):
     from transferline.config.params import SPEED_ONLY
+
     repo = copy_of(project, tmp_path / "repo")
     before = output_bytes(repo)
 
@@ -255,6 +288,7 @@ def test_speed_only_settings_re_run_nothing(project, tmp_path):
             section, name = key.split(".")
             value = params[section][name]
             params[section][name] = (not value) if isinstance(value, bool) else value + 1
+
     edit_params(repo, change_every_speed_only_key)
     # validate reads the whole file (its stamp's bytes never change); nothing else is stale
     assert set(json.loads(dvc(repo, "status", "--json").stdout)) == {"validate"}
@@ -272,7 +306,8 @@ def test_remote_push_then_fresh_clone_pulls_without_retraining(project, tmp_path
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     dvc(clone, "pull")
-    assert (clone / "models" / "finetune.pt").read_bytes() == \
-        (repo / "models" / "finetune.pt").read_bytes()
+    assert (clone / "models" / "finetune.pt").read_bytes() == (
+        repo / "models" / "finetune.pt"
+    ).read_bytes()
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
     assert "Running stage" not in dvc(clone, "repro").stdout

@@ -1,9 +1,10 @@
 """`dvc plots show` / `dvc plots diff` pages render with no network: the project's .dvc/config
-points DVC at the template transferline/tools/plots_template.py writes (Vega, Vega-Lite and vega-embed
-inlined). Checked in a real headless Chromium cut off from the network (a fresh network
+points DVC at the template transferline/tools/plots_template.py writes (Vega, Vega-Lite and
+vega-embed inlined). Checked in a real headless Chromium cut off from the network (a fresh network
 namespace when `unshare -n` works, and unresolvable hosts behind a dead proxy in any case), on a
-screenshot: every chart of the project's dvc.yaml shows up as a coloured region, while DVC's
-default CDN page, under the same conditions, stays blank."""
+screenshot: every chart of the project's dvc.yaml shows up as a coloured region, while DVC's default
+CDN page, under the same conditions, stays blank."""
+
 from __future__ import annotations
 
 import configparser
@@ -23,15 +24,20 @@ from conftest import DVC, ROOT, make_project_repo, run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's name first
 CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                                 "(apt-get install chromium; .ci/run installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (apt-get install chromium; .ci/run installs it)",
+    ),
+]
 CLASSES = ["circle", "square", "triangle"]
 WINDOW = (1000, 4800)  # px; tall enough for every chart of the project's page
 STRATEGIES = list(yaml.safe_load((ROOT / "params.yaml").read_text())["strategies"])
 # the overlays at the end of dvc.yaml, plus per strategy its curves and its confusion matrix
-EXPECTED_CHARTS = (len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"])
-                   + 2 * len(STRATEGIES))
+EXPECTED_CHARTS = len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]) + 2 * len(
+    STRATEGIES
+)
 
 
 def offline_prefix() -> list[str]:
@@ -45,12 +51,21 @@ def offline_prefix() -> list[str]:
 def screenshot(page: Path, png: Path) -> np.ndarray:
     """Headless Chromium's screenshot of `page` (BGR), taken with no way out to the network."""
     cmd = offline_prefix() + [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        "--no-first-run", f"--user-data-dir={png.parent / ('profile-' + png.stem)}",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={png.parent / ('profile-' + png.stem)}",
         # without a namespace: no host resolves, and every request goes to a closed port
-        "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=20000",
-        f"--screenshot={png}", page.as_uri()]
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--virtual-time-budget=20000",
+        f"--screenshot={png}",
+        page.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and png.is_file(), proc.stderr[-2000:]
     return cv2.imread(str(png))
@@ -81,14 +96,16 @@ def write_plots(repo: Path, strategies: list[str], shift: float) -> None:
     for k, name in enumerate(strategies):
         with (repo / f"plots/train/{name}.tsv").open("w", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(["epoch", "phase", "lr", "train_loss", "train_acc", "val_loss",
-                        "val_acc"])
+            w.writerow(["epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc"])
             for e in range(1, 11):
                 t = (e - 1) / 9 + shift + 0.05 * k
                 w.writerow([e, 1, 0.01 * (1 - t / 2), 2 - t, t / 2, 2.1 - t, t / 2])
-        records = [{"actual": a, "predicted": p, "path": f"images/{a}/{i}.jpg"}
-                   for i, (a, p) in enumerate((a, p) for a in CLASSES for p in CLASSES
-                                              for _ in range(1 + 3 * (a == p) + k))]
+        records = [
+            {"actual": a, "predicted": p, "path": f"images/{a}/{i}.jpg"}
+            for i, (a, p) in enumerate(
+                (a, p) for a in CLASSES for p in CLASSES for _ in range(1 + 3 * (a == p) + k)
+            )
+        ]
         (repo / f"plots/confusion/{name}.json").write_text(json.dumps(records))
 
 
@@ -98,8 +115,9 @@ def plots_repo(tmp_path_factory):
     strategy committed, then changed in the workspace (so `plots diff HEAD` has two revisions)."""
     repo = make_project_repo(tmp_path_factory.mktemp("plots") / "repo")
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
-    run([sys.executable, "-m", "tools.plots_template", "--out", str(repo / ".dvc/plots.html")],
-        ROOT)
+    run(
+        [sys.executable, "-m", "tools.plots_template", "--out", str(repo / ".dvc/plots.html")], ROOT
+    )
     write_plots(repo, STRATEGIES, 0.0)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "plots"], repo)
@@ -119,6 +137,7 @@ def test_template_is_configured_and_self_contained():
     config.read(ROOT / ".dvc/config")
     assert config["plots"]["html_template"] == "plots.html"
     from transferline.tools.plots_template import page
+
     text = page()
     assert "{plot_divs}" in text and "{scripts}" not in text and "<script src" not in text
     assert "window.vegaEmbed" in text

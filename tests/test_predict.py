@@ -1,6 +1,7 @@
-"""transferline.engine.predict: a photo reaches the network exactly as clean + evaluate feed it, the command
-line (table, JSON, gallery, exit status, unusable files), five-crop TTA, --imagenet on the
+"""transferline.engine.predict: a photo reaches the network exactly as clean + evaluate feed it, the
+command line (table, JSON, gallery, exit status, unusable files), five-crop TTA, --imagenet on the
 packaged backbone, and the stage's input folder and CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -68,13 +69,15 @@ def cleaned(tmp_path_factory):
 
 # ---- one definition of what the network sees -------------------------------------------------
 
+
 def test_a_photo_is_prepared_exactly_as_clean_stored_it(cleaned):
     root, manifest, _ = cleaned
     odd = {"rotated.jpg", "cutout.png", "grey.jpg"}
     assert {Path(r["source"]).name for r in manifest} >= odd
     for row in manifest:
-        got = predict.prepare(row["source"], root / "extracted" / row["source"],
-                              SimpleNamespace(clean=CLEAN))
+        got = predict.prepare(
+            row["source"], root / "extracted" / row["source"], SimpleNamespace(clean=CLEAN)
+        )
         assert got.ok, row
         stored = read_image(root / "clean" / row["path"])  # what train/evaluate decode
         assert torch.equal(got.image, stored), row["source"]
@@ -89,10 +92,10 @@ def test_predict_gives_evaluate_probabilities_for_the_original_files(cleaned):
     inputs = [(r["source"], root / "extracted" / r["source"]) for r in manifest]
     results = predict.predict(inputs, b, top_k=3)
     rows = [(r["path"], CLASSES.index(r["class"])) for r in manifest]
-    dataset = data.ImageDataset(root / "clean", rows, eval_transform(
-        image_size=32, mean=b.mean, std=b.std))
-    loader = data.make_loader(dataset, batch_size=8, shuffle=False, workers=0, seed=0,
-                              device="cpu")
+    dataset = data.ImageDataset(
+        root / "clean", rows, eval_transform(image_size=32, mean=b.mean, std=b.std)
+    )
+    loader = data.make_loader(dataset, batch_size=8, shuffle=False, workers=0, seed=0, device="cpu")
     expected = predict_probs(b.model, loader)
     for result, probs in zip(results, expected, strict=True):
         assert [c for c, _ in result.top] == [CLASSES[i] for i in probs.argsort()[::-1]]
@@ -109,10 +112,12 @@ def test_tta_averages_the_softmax_of_five_crops(cleaned):
     with torch.no_grad():
         expected = torch.softmax(b.model(views), 1).mean(0).double()
     assert dict(result.top) == pytest.approx(
-        {c: float(expected[i]) for i, c in enumerate(CLASSES)}, abs=1e-6)
+        {c: float(expected[i]) for i, c in enumerate(CLASSES)}, abs=1e-6
+    )
 
 
 # ---- the command line -----------------------------------------------------------------------
+
 
 @pytest.fixture
 def photos(tmp_path, cleaned):
@@ -128,15 +133,17 @@ def photos(tmp_path, cleaned):
 def test_table_lists_every_file_and_failures_set_the_exit_status(photos, cleaned, capsys):
     folder, loose = photos
     _, _, ckpt = cleaned
-    rc = predict_cmd.main([str(folder), str(loose), "missing.jpg", "--model", str(ckpt),
-                       "--top-k", "2"])
+    rc = predict_cmd.main(
+        [str(folder), str(loose), "missing.jpg", "--model", str(ckpt), "--top-k", "2"]
+    )
     out = capsys.readouterr()
     assert rc == 1
     lines = out.out.splitlines()
     assert lines[0].split() == ["file", "top-2"]
     by_file = {line.split()[0]: line for line in lines[1:]}
-    assert set(by_file) == {f"{folder}/{n}" for n in ("0.jpg", "1.jpg", "2.jpg", "broken.jpg",
-                                                       "notes.txt")} | {str(loose), "missing.jpg"}
+    assert set(by_file) == {
+        f"{folder}/{n}" for n in ("0.jpg", "1.jpg", "2.jpg", "broken.jpg", "notes.txt")
+    } | {str(loose), "missing.jpg"}
     assert "FAILED truncated" in by_file[f"{folder}/broken.jpg"]
     assert "FAILED not_image" in by_file[f"{folder}/notes.txt"]
     assert "FAILED not_found" in by_file["missing.jpg"]
@@ -148,8 +155,17 @@ def test_table_lists_every_file_and_failures_set_the_exit_status(photos, cleaned
 def test_json_output_and_gallery(photos, cleaned, tmp_path, capsys):
     folder, _ = photos
     _, _, ckpt = cleaned
-    rc = predict_cmd.main([str(folder), "--model", str(ckpt), "--json", "--allow-failures",
-                       "--gallery", str(tmp_path / "g.png")])
+    rc = predict_cmd.main(
+        [
+            str(folder),
+            "--model",
+            str(ckpt),
+            "--json",
+            "--allow-failures",
+            "--gallery",
+            str(tmp_path / "g.png"),
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert [p["file"] for p in out["predictions"]] == [f"{folder}/{i}.jpg" for i in range(3)]
@@ -169,13 +185,18 @@ def test_runs_anywhere_without_params_and_names_the_missing_choice(tmp_path, cle
     # the installed console command, away from any checkout (no stages/, no params.yaml)
     command = [str(Path(sys.executable).parent / "transferline"), "predict"]
     env_path = {"PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([*command, str(folder / "0.jpg"),
-                         "--model", str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
-                        env=env_path)
+    ok = subprocess.run(
+        [*command, str(folder / "0.jpg"), "--model", str(ckpt)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "0.jpg" in ok.stdout
-    missing = subprocess.run([*command, str(folder)],
-                             cwd=tmp_path, capture_output=True, text=True, env=env_path)
+    missing = subprocess.run(
+        [*command, str(folder)], cwd=tmp_path, capture_output=True, text=True, env=env_path
+    )
     assert missing.returncode == 2
     assert "metrics/best.json: not found" in missing.stderr and "--model" in missing.stderr
 
@@ -191,6 +212,7 @@ def test_checkpoint_without_clean_settings_is_refused(tmp_path, cleaned):
 
 # ---- what the pretrained backbone sees ------------------------------------------------------
 
+
 def test_imagenet_names_come_from_the_installed_packages():
     names = bundle.imagenet_classes()
     assert len(names) == 1000 and names[0] == "tench" and names[310] == "ant"
@@ -198,6 +220,7 @@ def test_imagenet_names_come_from_the_installed_packages():
 
 def test_imagenet_top5_of_the_packaged_backbone(tmp_path, capsys):
     from sklearn.datasets import load_sample_image
+
     photo = write_image(tmp_path / "china.jpg", load_sample_image("china.jpg"))
     rc = predict_cmd.main([str(photo), "--imagenet", "--arch", "efficientnet_lite0", "--json"])
     assert rc == 0
@@ -217,6 +240,7 @@ def test_imagenet_sees_an_ant(shared_datasets, capsys):
 
 # ---- the stage ------------------------------------------------------------------------------
 
+
 def stage(tmp_path, ckpt, params_raw, **predict_params) -> tuple[int, list[dict]]:
     """Run the predict stage's command line with params.yaml from params_raw."""
     params_raw["predict"].update(predict_params)
@@ -225,10 +249,22 @@ def stage(tmp_path, ckpt, params_raw, **predict_params) -> tuple[int, list[dict]
     (tmp_path / "models").mkdir(exist_ok=True)
     (tmp_path / "models" / "finetune.pt").write_bytes(ckpt.read_bytes())
     (tmp_path / "best.json").write_text(json.dumps({"strategy": "finetune"}))
-    rc = predict_stage.main(["--params", str(tmp_path / "params.yaml"), "--unlabelled",
-                             str(tmp_path / "unlabelled"), "--best", str(tmp_path / "best.json"),
-                             "--models", str(tmp_path / "models"), "--csv",
-                             str(tmp_path / "p.csv"), "--gallery", str(tmp_path / "p.png")])
+    rc = predict_stage.main(
+        [
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--unlabelled",
+            str(tmp_path / "unlabelled"),
+            "--best",
+            str(tmp_path / "best.json"),
+            "--models",
+            str(tmp_path / "models"),
+            "--csv",
+            str(tmp_path / "p.csv"),
+            "--gallery",
+            str(tmp_path / "p.png"),
+        ]
+    )
     rc = 0 if rc is None else rc
     with open(tmp_path / "p.csv", newline="") as f:
         return rc, list(csv.DictReader(f))
@@ -240,9 +276,14 @@ def test_stage_classifies_fresh_demo_images_and_a_folder(tmp_path, cleaned, para
     params_raw.setdefault("runtime", {})["device"] = "cpu"
     rc, rows = stage(tmp_path, ckpt, params_raw, images=str(own), demo_images=3, top_k=2)
     assert rc == 0
-    assert [r["file"] for r in rows] == ["demo/broken.jpg", "demo/photo_000.jpg",
-                                         "demo/photo_001.jpg", "demo/photo_002.jpg",
-                                         "mine/q/0.jpg", "mine/q/1.jpg"]
+    assert [r["file"] for r in rows] == [
+        "demo/broken.jpg",
+        "demo/photo_000.jpg",
+        "demo/photo_001.jpg",
+        "demo/photo_002.jpg",
+        "mine/q/0.jpg",
+        "mine/q/1.jpg",
+    ]
     assert rows[0]["error"].startswith("truncated") and rows[0]["class"] == ""
     for r in rows[1:]:
         assert r["class"] in CLASSES and r["error"] == ""
@@ -252,8 +293,7 @@ def test_stage_classifies_fresh_demo_images_and_a_folder(tmp_path, cleaned, para
     assert ((tmp_path / "p.csv").read_bytes(), (tmp_path / "p.png").read_bytes()) == first
 
 
-def test_stage_without_images_writes_the_header_and_an_empty_gallery(tmp_path, cleaned,
-                                                                     params_raw):
+def test_stage_without_images_writes_the_header_and_an_empty_gallery(tmp_path, cleaned, params_raw):
     _, _, ckpt = cleaned
     params_raw["dataset"] = "hymenoptera"  # not generated: no demo images
     rc, rows = stage(tmp_path, ckpt, params_raw, images=None)

@@ -4,6 +4,7 @@
 The variants run up to their strategy's evaluation (`evaluate@<strategy>` as the target, as
 README shows): select, predict, export and report add nothing to what is tested here and would
 double its time."""
+
 import json
 import time
 
@@ -22,16 +23,20 @@ def one_strategy_demo() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"]["demo"]["generate"].update(per_class=24, size=48)
     params["train"].update(image_size=48, batch_size=16)
-    params["strategies"] = {"feature_extractor": {**params["strategies"]["feature_extractor"],
-                                                  "epochs": 2}}
+    params["strategies"] = {
+        "feature_extractor": {**params["strategies"]["feature_extractor"], "epochs": 2}
+    }
     params["report"].update(gallery=4, augment_samples=4)
     return params
 
 
 def queue_rows(repo) -> dict[str, str]:
     lines = run(DVC + ["queue", "status"], repo).stdout.splitlines()
-    return {cols[1]: cols[-1] for cols in (line.split() for line in lines)
-            if len(cols) >= 4 and cols[1] in ("q1", "q2")}
+    return {
+        cols[1]: cols[-1]
+        for cols in (line.split() for line in lines)
+        if len(cols) >= 4 and cols[1] in ("q1", "q2")
+    }
 
 
 def test_queued_experiments_run_two_at_a_time_with_their_own_threads(tmp_path):
@@ -40,18 +45,37 @@ def test_queued_experiments_run_two_at_a_time_with_their_own_threads(tmp_path):
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline"], repo)
     for name, lr in (("q1", "0.002"), ("q2", "0.004")):
-        run(DVC + ["exp", "run", "--queue", "-n", name, "-S", "threads=1",
-                   "-S", f"strategies.feature_extractor.lr={lr}", TARGET], repo)
+        run(
+            DVC
+            + [
+                "exp",
+                "run",
+                "--queue",
+                "-n",
+                name,
+                "-S",
+                "threads=1",
+                "-S",
+                f"strategies.feature_extractor.lr={lr}",
+                TARGET,
+            ],
+            repo,
+        )
     run(DVC + ["queue", "start", "--jobs", "2"], repo)
     deadline = time.monotonic() + 600
     while set((rows := queue_rows(repo)).values()) - {"Success", "Failed"}:
         assert time.monotonic() < deadline, rows
         time.sleep(2)
-    assert rows == {"q1": "Success", "q2": "Success"}, run(DVC + ["queue", "logs", "q1"], repo,
-                                                           check=False).stdout
+    assert rows == {"q1": "Success", "q2": "Success"}, run(
+        DVC + ["queue", "logs", "q1"], repo, check=False
+    ).stdout
     shown = json.loads(run(DVC + ["exp", "show", "--json"], repo).stdout)
-    exps = {e["name"]: e["data"] for rev in shown for group in rev.get("experiments") or []
-            for e in group["revs"]}
+    exps = {
+        e["name"]: e["data"]
+        for rev in shown
+        for group in rev.get("experiments") or []
+        for e in group["revs"]
+    }
     for name, lr in (("q1", 0.002), ("q2", 0.004)):
         params = exps[name]["params"]["params.yaml"]["data"]
         assert params["threads"] == 1

@@ -1,5 +1,6 @@
-"""transferline.report.document on train/evaluate outputs written by hand into tmp_path, with a tiny generated
-clean dataset for the gallery and the augmentation grid."""
+"""transferline.report.document on train/evaluate outputs written by hand into tmp_path, with a tiny
+generated clean dataset for the gallery and the augmentation grid."""
+
 from __future__ import annotations
 
 import csv
@@ -21,16 +22,37 @@ CLASSES = ["a", "b", "c"]
 # Deliberately not alphabetical: the table must follow params.yaml's order.
 STRATEGIES = {
     "zeta": {"arch": "cnn1", "weights": "none", "epochs": 2},
-    "alpha": {"arch": "efficientnet_lite0", "weights": "pretrained", "trainable": "head",
-              "epochs": 2, "phases": [{"trainable": 1, "epochs": 2}]},
+    "alpha": {
+        "arch": "efficientnet_lite0",
+        "weights": "pretrained",
+        "trainable": "head",
+        "epochs": 2,
+        "phases": [{"trainable": 1, "epochs": 2}],
+    },
 }
-TRAIN = {"zeta": {"best_epoch": 2, "best_val_acc": 0.5, "best_val_loss": 1.0, "epochs": 2,
-                  "trainable_params": 1234, "total_params": 1234},
-         "alpha": {"best_epoch": 4, "best_val_acc": 0.875, "best_val_loss": 0.4, "epochs": 4,
-                   "trainable_params": 3012345, "total_params": 3400000}}
+TRAIN = {
+    "zeta": {
+        "best_epoch": 2,
+        "best_val_acc": 0.5,
+        "best_val_loss": 1.0,
+        "epochs": 2,
+        "trainable_params": 1234,
+        "total_params": 1234,
+    },
+    "alpha": {
+        "best_epoch": 4,
+        "best_val_acc": 0.875,
+        "best_val_loss": 0.4,
+        "epochs": 4,
+        "trainable_params": 3012345,
+        "total_params": 3400000,
+    },
+}
 # zeta: test accuracy 0.555556, alpha 0.777778; alpha is also best on validation
-EVAL = {"zeta": (0.555556, 0.611111, 0.5, 0.54321),
-        "alpha": (0.777778, 0.888889, 0.765432, 0.777778)}  # acc, tta acc, macro F1, bal. acc
+EVAL = {
+    "zeta": (0.555556, 0.611111, 0.5, 0.54321),
+    "alpha": (0.777778, 0.888889, 0.765432, 0.777778),
+}  # acc, tta acc, macro F1, bal. acc
 
 
 def write_split(split_dir: Path, clean_dir: Path) -> dict[str, list[tuple[str, int]]]:
@@ -39,8 +61,9 @@ def write_split(split_dir: Path, clean_dir: Path) -> dict[str, list[tuple[str, i
     for path in sorted((clean_dir / "images").glob("*/*.jpg")):
         i = int(path.stem)
         name = "test" if i < 3 else "val" if i == 3 else "train"
-        splits[name].append((path.relative_to(clean_dir).as_posix(),
-                             CLASSES.index(path.parent.name)))
+        splits[name].append(
+            (path.relative_to(clean_dir).as_posix(), CLASSES.index(path.parent.name))
+        )
     split_dir.mkdir(parents=True)
     (split_dir / "classes.json").write_text(json.dumps({"classes": CLASSES}))
     for name, rows in splits.items():
@@ -52,40 +75,57 @@ def write_split(split_dir: Path, clean_dir: Path) -> dict[str, list[tuple[str, i
 
 
 def eval_metrics(acc, tta, f1, bal):
-    return {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.9,
-            "tta": {"accuracy": tta, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.8}}
+    return {
+        "accuracy": acc,
+        "balanced_accuracy": bal,
+        "macro_f1": f1,
+        "log_loss": 0.9,
+        "tta": {"accuracy": tta, "balanced_accuracy": bal, "macro_f1": f1, "log_loss": 0.8},
+    }
 
 
 def per_class_table(f1: float) -> list[dict]:
-    return [{"class": c, "precision": 0.5, "recall": 0.25 * (k + 1), "f1": f1, "support": 3}
-            for k, c in enumerate(CLASSES)]
+    return [
+        {"class": c, "precision": 0.5, "recall": 0.25 * (k + 1), "f1": f1, "support": 3}
+        for k, c in enumerate(CLASSES)
+    ]
 
 
 def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong: int) -> None:
     """metrics/train, plots/train (two phases when the strategy has them), metrics/eval and
     plots/confusion for one strategy; the first `wrong` test images are mispredicted."""
-    for sub in ("metrics/train", "plots/train", "metrics/eval", "plots/confusion",
-                "plots/per_class"):
+    for sub in (
+        "metrics/train",
+        "plots/train",
+        "metrics/eval",
+        "plots/confusion",
+        "plots/per_class",
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "metrics/train" / f"{name}.json").write_text(json.dumps(TRAIN[name]))
     lines = ["epoch\tphase\tlr\ttrain_loss\ttrain_acc\tval_loss\tval_acc"]
     for e in range(1, TRAIN[name]["epochs"] + 1):
         phase = 1 if e <= 2 else 2
-        lines.append(f"{e}\t{phase}\t{0.01 / e}\t{1.5 / e}\t{0.3 + 0.1 * e}\t{1.6 / e}\t"
-                     f"{0.25 + 0.1 * e}")
+        lines.append(
+            f"{e}\t{phase}\t{0.01 / e}\t{1.5 / e}\t{0.3 + 0.1 * e}\t{1.6 / e}\t{0.25 + 0.1 * e}"
+        )
     (root / "plots/train" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
     (root / "metrics/eval" / f"{name}.json").write_text(json.dumps(eval_metrics(*EVAL[name])))
     (root / "plots/per_class" / f"{name}.json").write_text(
-        json.dumps(per_class_table(EVAL[name][2])))
-    records = [{"actual": CLASSES[y], "predicted": CLASSES[(y + (i < wrong)) % 3], "path": p}
-               for i, (p, y) in enumerate(test_rows)]
+        json.dumps(per_class_table(EVAL[name][2]))
+    )
+    records = [
+        {"actual": CLASSES[y], "predicted": CLASSES[(y + (i < wrong)) % 3], "path": p}
+        for i, (p, y) in enumerate(test_rows)
+    ]
     (root / "plots/confusion" / f"{name}.json").write_text(json.dumps(records))
 
 
 @pytest.fixture
 def inputs(tmp_path, params_raw):
-    clean = make_image_folder(tmp_path / "clean" / "images", classes=CLASSES, per_class=6,
-                              size=40).parent
+    clean = make_image_folder(
+        tmp_path / "clean" / "images", classes=CLASSES, per_class=6, size=40
+    ).parent
     splits = write_split(tmp_path / "split", clean)
     for name, wrong in (("zeta", 4), ("alpha", 2)):
         write_outputs(tmp_path, name, splits["test"], wrong)
@@ -95,15 +135,21 @@ def inputs(tmp_path, params_raw):
     return tmp_path, validate(params_raw)
 
 
-PREDICTIONS = ("file,class,probability,top_k,error\n"
-               "demo/photo_000.jpg,b,0.900000,b 0.900000; a 0.100000,\n"
-               "demo/broken.jpg,,,,truncated: JPEG data ends before the end-of-image marker\n")
+PREDICTIONS = (
+    "file,class,probability,top_k,error\n"
+    "demo/photo_000.jpg,b,0.900000,b 0.900000; a 0.100000,\n"
+    "demo/broken.jpg,,,,truncated: JPEG data ends before the end-of-image marker\n"
+)
 
 
 def write_choice(root: Path, name: str, by="val_acc") -> None:
     """metrics/best.json as the select stage writes it, and the predict stage's two files."""
-    best = {"strategy": name, "by": by, "val_acc": TRAIN[name]["best_val_acc"],
-            "val_loss": TRAIN[name]["best_val_loss"]}
+    best = {
+        "strategy": name,
+        "by": by,
+        "val_acc": TRAIN[name]["best_val_acc"],
+        "val_loss": TRAIN[name]["best_val_loss"],
+    }
     (root / "metrics/best.json").write_text(json.dumps(best))
     (root / "predictions.csv").write_text(PREDICTIONS)
     cv2.imwrite(str(root / "predictions.png"), np.full((120, 160, 3), 200, np.uint8))
@@ -112,13 +158,21 @@ def write_choice(root: Path, name: str, by="val_acc") -> None:
 def run_report(root: Path, params, out="reports"):
     if not (root / "metrics/best.json").exists():
         write_choice(root, "alpha")
-    return report(clean_dir=root / "clean", split_dir=root / "split",
-                  train_metrics=root / "metrics/train", train_plots=root / "plots/train",
-                  eval_metrics=root / "metrics/eval", confusion=root / "plots/confusion",
-                  per_class=root / "plots/per_class",
-                  best=root / "metrics/best.json", predictions=root / "predictions.csv",
-                  predictions_gallery=root / "predictions.png",
-                  out=root / out / "report.md", figures=root / out / "figures", params=params)
+    return report(
+        clean_dir=root / "clean",
+        split_dir=root / "split",
+        train_metrics=root / "metrics/train",
+        train_plots=root / "plots/train",
+        eval_metrics=root / "metrics/eval",
+        confusion=root / "plots/confusion",
+        per_class=root / "plots/per_class",
+        best=root / "metrics/best.json",
+        predictions=root / "predictions.csv",
+        predictions_gallery=root / "predictions.png",
+        out=root / out / "report.md",
+        figures=root / out / "figures",
+        params=params,
+    )
 
 
 def table_rows(text: str, first_header: str) -> list[list[str]]:
@@ -126,7 +180,7 @@ def table_rows(text: str, first_header: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip("|").split("|")])
@@ -140,8 +194,19 @@ def test_table_has_one_row_per_strategy_in_params_order(inputs):
     rows = table_rows(text, "strategy")
     assert rows == [
         ["zeta", "cnn1", "none", "1,234", "2", "0.5000", "0.5556", "0.6111", "0.5000", "0.5432"],
-        ["alpha", "efficientnet_lite0", "pretrained", "3,012,345", "4", "0.8750", "0.7778",
-         "0.8889", "0.7654", "0.7778"]]
+        [
+            "alpha",
+            "efficientnet_lite0",
+            "pretrained",
+            "3,012,345",
+            "4",
+            "0.8750",
+            "0.7778",
+            "0.8889",
+            "0.7654",
+            "0.7778",
+        ],
+    ]
     assert result["best"] == "alpha"
     assert "**Best strategy: alpha**" in text
 
@@ -170,7 +235,8 @@ def test_links_resolve_to_pngs_that_decode(inputs):
         assert image is not None, link
         assert min(image.shape[:2]) > 100
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
-        Path(link).name for link in links if link.startswith("figures/"))  # no temp leftovers
+        Path(link).name for link in links if link.startswith("figures/")
+    )  # no temp leftovers
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -188,8 +254,10 @@ def test_two_runs_are_byte_identical(inputs):
     assert b"matplotlib" not in (first / "figures" / "gallery.png").read_bytes()
 
 
-@pytest.mark.parametrize("missing, command", [("metrics/train/alpha.json", "train@alpha"),
-                                              ("plots/confusion/zeta.json", "evaluate@zeta")])
+@pytest.mark.parametrize(
+    "missing, command",
+    [("metrics/train/alpha.json", "train@alpha"), ("plots/confusion/zeta.json", "evaluate@zeta")],
+)
 def test_missing_strategy_output_is_named_and_old_report_kept(inputs, missing, command):
     root, params = inputs
     run_report(root, params)
@@ -201,17 +269,21 @@ def test_missing_strategy_output_is_named_and_old_report_kept(inputs, missing, c
 
 
 def test_gallery_shows_mistakes_first_then_by_path():
-    records = [{"actual": "a", "predicted": "a", "path": "1"},
-               {"actual": "a", "predicted": "b", "path": "3"},
-               {"actual": "b", "predicted": "b", "path": "0"},
-               {"actual": "c", "predicted": "a", "path": "2"}]
+    records = [
+        {"actual": "a", "predicted": "a", "path": "1"},
+        {"actual": "a", "predicted": "b", "path": "3"},
+        {"actual": "b", "predicted": "b", "path": "0"},
+        {"actual": "c", "predicted": "a", "path": "2"},
+    ]
     assert [r["path"] for r in gallery_records(records, 3)] == ["2", "3", "0"]
 
 
 def test_confusion_matrix_counts_rows_actual_columns_predicted():
-    records = [{"actual": "a", "predicted": "b", "path": "x"},
-               {"actual": "a", "predicted": "b", "path": "y"},
-               {"actual": "c", "predicted": "c", "path": "z"}]
+    records = [
+        {"actual": "a", "predicted": "b", "path": "x"},
+        {"actual": "a", "predicted": "b", "path": "y"},
+        {"actual": "c", "predicted": "c", "path": "z"},
+    ]
     counts = confusion_matrix(records, CLASSES, "s.json")
     assert counts.tolist() == [[0, 2, 0], [0, 0, 0], [0, 0, 1]]
     with pytest.raises(StageError, match="s.json.*'d'"):
@@ -251,6 +323,10 @@ def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(inputs):
     run_report(root, params)
     lines = (root / "reports" / "report.md").read_text().splitlines()
     start = lines.index("| class | precision | recall | F1 | support |")
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:start + 5]]
-    assert rows == [[c, "0.5000", f"{0.25 * (k + 1):.4f}", "0.7654", "3"]  # alpha's macro F1
-                    for k, c in enumerate(CLASSES)]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 5]
+    ]
+    assert rows == [
+        [c, "0.5000", f"{0.25 * (k + 1):.4f}", "0.7654", "3"]  # alpha's macro F1
+        for k, c in enumerate(CLASSES)
+    ]

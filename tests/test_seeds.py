@@ -1,5 +1,6 @@
 """train.seeds: a strategy trained under N seeds keeps every run; evaluate scores each run and
 reports the mean with its std; the report prints mean ± std."""
+
 import json
 
 import numpy as np
@@ -14,22 +15,41 @@ from conftest import make_clean_split, make_params, run_train
 
 
 def test_mean_std_means_every_number_and_nests_the_spread_like_the_value():
-    runs = [{"accuracy": 0.5, "epochs": 2, "tta": {"accuracy": 0.6, "f1": 0.1}},
-            {"accuracy": 0.7, "epochs": 4, "tta": {"accuracy": 0.9, "f1": 0.3}}]
+    runs = [
+        {"accuracy": 0.5, "epochs": 2, "tta": {"accuracy": 0.6, "f1": 0.1}},
+        {"accuracy": 0.7, "epochs": 4, "tta": {"accuracy": 0.9, "f1": 0.3}},
+    ]
     out = mean_std(runs, ["accuracy", "tta.accuracy"])
-    assert out == {"accuracy": 0.6, "epochs": 3.0, "tta": {"accuracy": 0.75, "f1": 0.2},
-                   "std": {"accuracy": 0.1, "tta": {"accuracy": 0.15}}, "seeds": 2}
+    assert out == {
+        "accuracy": 0.6,
+        "epochs": 3.0,
+        "tta": {"accuracy": 0.75, "f1": 0.2},
+        "std": {"accuracy": 0.1, "tta": {"accuracy": 0.15}},
+        "seeds": 2,
+    }
 
 
-CNN = {"arch": "cnn1", "weights": "none", "trainable": "all", "optimizer": "adam",
-       "lr": 0.01, "epochs": 2}
+CNN = {
+    "arch": "cnn1",
+    "weights": "none",
+    "trainable": "all",
+    "optimizer": "adam",
+    "lr": 0.01,
+    "epochs": 2,
+}
 
 
 def score(path, out, params, clean, split, name):
-    return evaluate.evaluate(model_path=path, clean_dir=clean, split_dir=split,
-                                   metrics_path=out / f"{name}.json",
-                                   confusion_path=out / f"{name}-confusion.json",
-                                   settings=params.evaluate, seed=params.seed, threads=1)
+    return evaluate.evaluate(
+        model_path=path,
+        clean_dir=clean,
+        split_dir=split,
+        metrics_path=out / f"{name}.json",
+        confusion_path=out / f"{name}-confusion.json",
+        settings=params.evaluate,
+        seed=params.seed,
+        threads=1,
+    )
 
 
 @pytest.mark.slow
@@ -47,8 +67,11 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
     first = next(iter(states[0]))
     assert not torch.equal(states[0][first], states[1][first]), "seeds must differ"
     written = json.loads((out / "m.json").read_text())
-    assert written["seeds"] == 3 and set(written["std"]) == {"best_val_acc", "best_val_loss",
-                                                             "best_epoch"}
+    assert written["seeds"] == 3 and set(written["std"]) == {
+        "best_val_acc",
+        "best_val_loss",
+        "best_epoch",
+    }
     assert "best_val_acc_std" not in written  # one shape: the spread lives under `std` only
     assert metrics["best_val_acc"] == written["best_val_acc"]
 
@@ -66,8 +89,17 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
     assert scores["tta"]["accuracy"] == pytest.approx(np.mean(tta), abs=1e-6)
     assert scores["std"]["tta"]["accuracy"] == pytest.approx(np.std(tta), abs=1e-6)
 
-    row = strategy_row(Run(name="cnn", arch="cnn1", weights="none", train=written, curves=[],
-                           eval=scores, confusion=[]))
+    row = strategy_row(
+        Run(
+            name="cnn",
+            arch="cnn1",
+            weights="none",
+            train=written,
+            curves=[],
+            eval=scores,
+            confusion=[],
+        )
+    )
     assert row[5] == f"{written['best_val_acc']:.4f} ± {written['std']['best_val_acc']:.4f}"
     assert row[6] == f"{scores['accuracy']:.4f} ± {scores['std']['accuracy']:.4f}"
     assert row[7] == f"{scores['tta']['accuracy']:.4f} ± {scores['std']['tta']['accuracy']:.4f}"

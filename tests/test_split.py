@@ -1,4 +1,6 @@
-"""transferline.data.split on manifests written straight into tmp_path (split never opens the images)."""
+"""transferline.data.split on manifests written straight into tmp_path (split never opens the
+images)."""
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +24,9 @@ MANIFEST_COLUMNS = ["path", "class", "split", "source", "width", "height", "sha2
 SPLITS = ("train", "val", "test")
 
 
-def write_manifest(clean: Path, rows: list[tuple[str, str, str]],
-                   shas: dict[str, str] | None = None) -> Path:
+def write_manifest(
+    clean: Path, rows: list[tuple[str, str, str]], shas: dict[str, str] | None = None
+) -> Path:
     """clean/manifest.csv from (class, shipped split, name) rows; sha256 from `shas` by path,
     else unique per path."""
     clean.mkdir(parents=True, exist_ok=True)
@@ -86,8 +89,13 @@ def test_stratified_proportions_hold_per_class(tmp_path):
 
 def test_same_seed_is_byte_identical_other_seed_differs(tmp_path):
     rows = images({"a": 30, "b": 30, "c": 30})
-    files = ["split/classes.json", "split/train.csv", "split/val.csv", "split/test.csv",
-             "split.json"]
+    files = [
+        "split/classes.json",
+        "split/train.csv",
+        "split/val.csv",
+        "split/test.csv",
+        "split.json",
+    ]
 
     def run_with(seed, tag):
         do_split(tmp_path, rows, seed=seed, tag=tag)
@@ -133,16 +141,19 @@ def test_copies_never_cross_splits(tmp_path, capsys):
             sha = f"{cls}{i:03d}".ljust(64, "0")
             shas[f"images/{cls}/{i:03d}.jpg"] = shas[f"images/{cls}/{i + 1:03d}.jpg"] = sha
     # one image the dataset ships in both train and test, under two names
-    rows += [("a", "train", "dup_train"), ("a", "test", "dup_test"), ("b", "test", "t0"),
-             ("a", "test", "t1")]
+    rows += [
+        ("a", "train", "dup_train"),
+        ("a", "test", "dup_test"),
+        ("b", "test", "t0"),
+        ("a", "test", "t1"),
+    ]
     shas["images/a/dup_train.jpg"] = shas["images/a/dup_test.jpg"] = "f" * 64
     _, split, _ = do_split(tmp_path, rows, shas=shas)
     where = defaultdict(set)
     for name in SPLITS:
         for row in split[name]:
             where[shas.get(row["path"], row["path"])].add(name)
-    assert all(len(s) == 1 for s in where.values()), {k: v for k, v in where.items()
-                                                       if len(v) > 1}
+    assert all(len(s) == 1 for s in where.values()), {k: v for k, v in where.items() if len(v) > 1}
     assert where["f" * 64] == {"test"}  # the most held-out shipped split wins
     assert "images/a/dup_train.jpg" in capsys.readouterr().err
 
@@ -155,15 +166,23 @@ def test_classes_in_natural_order(tmp_path):
     assert json.loads((out / "classes.json").read_text())["classes"] == ["img1", "img2", "img10"]
     assert {r["label"] for r in split["train"] if r["class"] == "img10"} == {"2"}
     assert sorted(["b10", "a", "b9", "B1", "b01"], key=natural_key) == [
-        "a", "B1", "b01", "b9", "b10"]
+        "a",
+        "B1",
+        "b01",
+        "b9",
+        "b10",
+    ]
 
 
 def test_class_with_too_few_images_is_named(tmp_path):
     with pytest.raises(StageError, match=r"class 'rare' has 2 distinct image\(s\)"):
         do_split(tmp_path, images({"common": 20, "rare": 2}))
     # with val shipped only train + test are needed, so 2 images are enough
-    _, split, _ = do_split(tmp_path, images({"common": 20, "rare": 2}, "train")
-                           + images({"common": 3, "rare": 1}, "val", "v"), tag="ok")
+    _, split, _ = do_split(
+        tmp_path,
+        images({"common": 20, "rare": 2}, "train") + images({"common": 3, "rare": 1}, "val", "v"),
+        tag="ok",
+    )
     assert Counter(r["class"] for r in split["test"])["rare"] == 1
 
 
@@ -190,8 +209,22 @@ def _cli_project(tmp_path: Path, val) -> Path:
 
 def _cli(cwd: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return run([sys.executable, "-m", "stages.split", "--clean", "data/clean", "--out",
-                "data/split", "--metrics", "metrics/split.json"], cwd, check=False, env=env)
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "stages.split",
+            "--clean",
+            "data/clean",
+            "--out",
+            "data/split",
+            "--metrics",
+            "metrics/split.json",
+        ],
+        cwd,
+        check=False,
+        env=env,
+    )
 
 
 def test_cli_writes_outputs_and_rejects_bad_param(tmp_path):

@@ -1,5 +1,6 @@
 """transferline/engine/train.py on tiny generated data: which parameters train, phases, checkpoints,
 byte-identical reruns, cached features, early stopping and input errors."""
+
 from __future__ import annotations
 
 import csv
@@ -51,17 +52,31 @@ KINDS = {
     "head": ("cnn3", "none", "head", ["head"]),
     "last_block": ("cnn3", "none", 1, ["features.2", "head"]),
     "named": ("cnn3", "none", ["features.0"], ["features.0", "head"]),
-    "lite0_last_block": ("efficientnet_lite0", "pretrained", 1,
-                         ["blocks.6", "conv_head", "bn2", "classifier"]),
+    "lite0_last_block": (
+        "efficientnet_lite0",
+        "pretrained",
+        1,
+        ["blocks.6", "conv_head", "bn2", "classifier"],
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_exactly_the_intended_tensors_change(kind, dataset, params_raw, tmp_path):
     arch, weights, trainable, prefixes = KINDS[kind]
-    params = make_params(params_raw, {"s": {"arch": arch, "weights": weights,
-                                            "trainable": trainable, "optimizer": "sgd",
-                                            "lr": 0.05, "epochs": 1}})
+    params = make_params(
+        params_raw,
+        {
+            "s": {
+                "arch": arch,
+                "weights": weights,
+                "trainable": trainable,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "epochs": 1,
+            }
+        },
+    )
     result = run_train(params, "s", dataset, tmp_path)
     before = _initial(arch, weights)
     model, _ = models.load_checkpoint(tmp_path / "m.pt")
@@ -75,11 +90,16 @@ def test_exactly_the_intended_tensors_change(kind, dataset, params_raw, tmp_path
 
 
 def test_phases_switch_at_the_declared_epoch(dataset, params_raw, tmp_path):
-    strategy = {"arch": "cnn3", "weights": "none", "trainable": "head", "optimizer": "sgd",
-                "lr": 0.05, "epochs": 2,
-                "phases": [{"trainable": 1, "lr": 0.01, "epochs": 2}]}
-    result = run_train(make_params(params_raw, {"partial": strategy}), "partial", dataset,
-                       tmp_path)
+    strategy = {
+        "arch": "cnn3",
+        "weights": "none",
+        "trainable": "head",
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "epochs": 2,
+        "phases": [{"trainable": 1, "lr": 0.01, "epochs": 2}],
+    }
+    result = run_train(make_params(params_raw, {"partial": strategy}), "partial", dataset, tmp_path)
     rows = read_tsv(tmp_path / "p.tsv")
     assert list(rows[0]) == list(train_stage.PLOT_COLUMNS)
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
@@ -91,14 +111,22 @@ def test_phases_switch_at_the_declared_epoch(dataset, params_raw, tmp_path):
     assert head < last
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["trainable_params"] == last and metrics["epochs"] == 4
-    assert set(metrics) == {"best_epoch", "best_val_acc", "best_val_loss", "epochs",
-                            "trainable_params", "total_params"}
+    assert set(metrics) == {
+        "best_epoch",
+        "best_val_acc",
+        "best_val_loss",
+        "epochs",
+        "trainable_params",
+        "total_params",
+    }
 
 
 def test_checkpoint_holds_the_best_epoch_and_reloads_alone(dataset, params_raw, tmp_path):
-    params = make_params(params_raw, {"s": {"arch": "cnn2", "weights": "none", "lr": 0.02,
-                                            "optimizer": "adam", "epochs": 4}},
-                         select="val_loss")
+    params = make_params(
+        params_raw,
+        {"s": {"arch": "cnn2", "weights": "none", "lr": 0.02, "optimizer": "adam", "epochs": 4}},
+        select="val_loss",
+    )
     run_train(params, "s", dataset, tmp_path)
     metrics = json.loads((tmp_path / "m.json").read_text())
     rows = read_tsv(tmp_path / "p.tsv")
@@ -111,9 +139,11 @@ def test_checkpoint_holds_the_best_epoch_and_reloads_alone(dataset, params_raw, 
     # the reloaded model reproduces the best epoch's validation numbers on its own
     clean, split = dataset
     t = ckpt["transform"]
-    ds = data.ImageDataset(clean, data.read_rows(split, "val"),
-                           eval_transform(image_size=t["image_size"], mean=t["mean"],
-                                          std=t["std"]))
+    ds = data.ImageDataset(
+        clean,
+        data.read_rows(split, "val"),
+        eval_transform(image_size=t["image_size"], mean=t["mean"], std=t["std"]),
+    )
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
@@ -125,8 +155,9 @@ def test_checkpoint_holds_the_best_epoch_and_reloads_alone(dataset, params_raw, 
 
 def test_same_seed_gives_byte_identical_outputs_for_any_worker_count(dataset, params_raw, tmp_path):
     # two DataLoader workers: augmentation in worker processes must be seeded too
-    strategies = {"s": {"arch": "cnn2", "weights": "none", "optimizer": "sgd", "lr": 0.05,
-                        "epochs": 2}}
+    strategies = {
+        "s": {"arch": "cnn2", "weights": "none", "optimizer": "sgd", "lr": 0.05, "epochs": 2}
+    }
     params = make_params(params_raw, strategies, workers=2)
     outs = [tmp_path / "run1", tmp_path / "run2"]
     for out in outs:
@@ -142,12 +173,21 @@ def test_same_seed_gives_byte_identical_outputs_for_any_worker_count(dataset, pa
     assert (tmp_path / "seed1" / "m.pt").read_bytes() != (outs[0] / "m.pt").read_bytes()
 
 
-def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_raw,
-                                                                 tmp_path):
-    params = make_params(params_raw, {"fx": {"arch": "efficientnet_lite0",
-                                             "weights": "pretrained", "trainable": "head",
-                                             "optimizer": "adam", "lr": 0.01, "epochs": 3,
-                                             "cache_features": True}})
+def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_raw, tmp_path):
+    params = make_params(
+        params_raw,
+        {
+            "fx": {
+                "arch": "efficientnet_lite0",
+                "weights": "pretrained",
+                "trainable": "head",
+                "optimizer": "adam",
+                "lr": 0.01,
+                "epochs": 3,
+                "cache_features": True,
+            }
+        },
+    )
     run_train(params, "fx", dataset, tmp_path)
     before = _initial("efficientnet_lite0", "pretrained")
     model, _ = models.load_checkpoint(tmp_path / "m.pt")
@@ -156,8 +196,9 @@ def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_
     metrics = json.loads((tmp_path / "m.json").read_text())
     clean, split = dataset
     mean, std = models.norm_stats("efficientnet_lite0")
-    ds = data.ImageDataset(clean, data.read_rows(split, "val"),
-                           eval_transform(image_size=32, mean=mean, std=std))
+    ds = data.ImageDataset(
+        clean, data.read_rows(split, "val"), eval_transform(image_size=32, mean=mean, std=std)
+    )
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
@@ -167,8 +208,14 @@ def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_
 
 def test_patience_ends_a_phase_and_target_acc_ends_the_run(dataset, params_raw, tmp_path):
     # a learning rate too small to change any prediction: val_acc never improves
-    frozen = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
-              "epochs": 3, "phases": [{"epochs": 3}]}
+    frozen = {
+        "arch": "cnn1",
+        "weights": "none",
+        "trainable": "head",
+        "lr": 1e-12,
+        "epochs": 3,
+        "phases": [{"epochs": 3}],
+    }
     run_train(make_params(params_raw, {"s": frozen}, patience=1), "s", dataset, tmp_path)
     assert [r["phase"] for r in read_tsv(tmp_path / "p.tsv")] == ["1", "1", "2"]
     learns = {"arch": "cnn2", "weights": "none", "optimizer": "adam", "lr": 0.02, "epochs": 12}
@@ -178,22 +225,25 @@ def test_patience_ends_a_phase_and_target_acc_ends_the_run(dataset, params_raw, 
     assert json.loads((tmp_path / "m.json").read_text())["epochs"] == len(accs)
 
 
-def test_early_stopping_is_on_by_default_and_epochs_are_only_a_cap(dataset, params_raw,
-                                                                     tmp_path):
-    stalled = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
-               "epochs": 40}
+def test_early_stopping_is_on_by_default_and_epochs_are_only_a_cap(dataset, params_raw, tmp_path):
+    stalled = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12, "epochs": 40}
     params = make_params(params_raw, {"s": stalled})  # train.patience as shipped
     assert params.train.patience == 4
     run_train(params, "s", dataset, tmp_path)
     assert len(read_tsv(tmp_path / "p.tsv")) == 1 + 4  # the best epoch, then 4 without gain
 
 
-def test_plateau_schedule_cuts_the_lr_once_val_loss_stops_falling(dataset, params_raw,
-                                                                   tmp_path):
+def test_plateau_schedule_cuts_the_lr_once_val_loss_stops_falling(dataset, params_raw, tmp_path):
     # an lr too small to move the val loss: it never falls, so the lr is cut by gamma after
     # every schedule.patience + 1 epochs without a lower val loss
-    stalled = {"arch": "cnn1", "weights": "none", "trainable": "head", "lr": 1e-12,
-               "schedule": {"name": "plateau", "gamma": 0.5, "patience": 1}, "epochs": 6}
+    stalled = {
+        "arch": "cnn1",
+        "weights": "none",
+        "trainable": "head",
+        "lr": 1e-12,
+        "schedule": {"name": "plateau", "gamma": 0.5, "patience": 1},
+        "epochs": 6,
+    }
     run_train(make_params(params_raw, {"s": stalled}, patience=0), "s", dataset, tmp_path)
     lrs = [float(r["lr"]) for r in read_tsv(tmp_path / "p.tsv")]
     assert lrs == pytest.approx([1e-12, 1e-12, 1e-12, 5e-13, 5e-13, 2.5e-13], rel=1e-9)
@@ -212,9 +262,26 @@ def test_unknown_strategy_and_arch_fail_before_any_work(params_raw, tmp_path):
 def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params_raw))
-    monkeypatch.setattr(sys, "argv", ["train", "nosuch", "--clean", "c", "--split", "s",
-                                      "--model", "m.pt", "--metrics", "m.json", "--plots",
-                                      "p.tsv", "--params", str(params_file)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train",
+            "nosuch",
+            "--clean",
+            "c",
+            "--split",
+            "s",
+            "--model",
+            "m.pt",
+            "--metrics",
+            "m.json",
+            "--plots",
+            "p.tsv",
+            "--params",
+            str(params_file),
+        ],
+    )
     with pytest.raises(SystemExit) as exc:
         run_main(stages_train.main)
     assert exc.value.code == 2
@@ -224,8 +291,9 @@ def test_main_exits_2_with_a_message(params_raw, tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_training_under_bf16_autocast_learns_and_is_repeatable(params_raw, dataset, tmp_path):
     """The GPU code path (autocast, scaler, channels_last) end to end on CPU."""
-    strategy = {"s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01,
-                      "epochs": 4}}
+    strategy = {
+        "s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01, "epochs": 4}
+    }
     params = make_params(params_raw, strategy, runtime={"precision": "bf16"})
     first = run_train(params, "s", dataset, tmp_path / "a")
     run_train(params, "s", dataset, tmp_path / "b")
@@ -233,17 +301,34 @@ def test_training_under_bf16_autocast_learns_and_is_repeatable(params_raw, datas
     assert first["best_val_acc"] > 1 / 3  # better than chance on 3 colour classes
     ckpt = torch.load(tmp_path / "a" / "m.pt", weights_only=True)
     assert ckpt["strategy"]["runtime"]["precision"] == "bf16"
-    assert all(t.dtype == torch.float32 for t in ckpt["state_dict"].values()
-               if t.is_floating_point())  # autocast never leaks into the saved weights
+    assert all(
+        t.dtype == torch.float32 for t in ckpt["state_dict"].values() if t.is_floating_point()
+    )  # autocast never leaks into the saved weights
 
 
 # ---- resuming after an interruption -----------------------------------------------------------
 
-PHASED = {"s": {"arch": "cnn2", "weights": "none", "trainable": "head", "optimizer": "sgd",
-                "lr": 0.05, "momentum": 0.9, "schedule": {"name": "none"}, "epochs": 3,
-                "phases": [{"trainable": "all", "optimizer": "adam", "lr": 0.003,
-                            "schedule": {"name": "plateau", "gamma": 0.5, "patience": 0},
-                            "epochs": 6}]}}  # the plateau schedule's state is resumed too
+PHASED = {
+    "s": {
+        "arch": "cnn2",
+        "weights": "none",
+        "trainable": "head",
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "schedule": {"name": "none"},
+        "epochs": 3,
+        "phases": [
+            {
+                "trainable": "all",
+                "optimizer": "adam",
+                "lr": 0.003,
+                "schedule": {"name": "plateau", "gamma": 0.5, "patience": 0},
+                "epochs": 6,
+            }
+        ],
+    }
+}  # the plateau schedule's state is resumed too
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -252,9 +337,26 @@ def outputs(out: Path) -> dict[str, bytes]:
 
 def train_cmd(params_path: Path, dataset, out: Path, resume: Path) -> list[str]:
     clean, split = dataset
-    return [sys.executable, "-m", "stages.train", "s", "--clean", str(clean), "--split",
-            str(split), "--model", str(out / "m.pt"), "--metrics", str(out / "m.json"),
-            "--plots", str(out / "p.tsv"), "--params", str(params_path), "--resume", str(resume)]
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "s",
+        "--clean",
+        str(clean),
+        "--split",
+        str(split),
+        "--model",
+        str(out / "m.pt"),
+        "--metrics",
+        str(out / "m.json"),
+        "--plots",
+        str(out / "p.tsv"),
+        "--params",
+        str(params_path),
+        "--resume",
+        str(resume),
+    ]
 
 
 def saved_epochs(path: Path) -> int:
@@ -272,6 +374,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
     import time
 
     from conftest import ROOT
+
     dataset = make_clean_split(tmp_path / "data", per_class=40, val_per_class=10, size=48)
     params = make_params(params_raw, PHASED, image_size=48, patience=0)  # all 9 epochs
     params_path = tmp_path / "params.yaml"
@@ -280,8 +383,9 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
     epoch_secs = sorted(row["seconds"] for row in reference["history"])[4]
 
     out, resume = tmp_path / "out", tmp_path / "resume"
-    proc = subprocess.Popen(train_cmd(params_path, dataset, out, resume), cwd=ROOT,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(params_path, dataset, out, resume), cwd=ROOT, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while saved_epochs(resume / "seed0.pt") < kill_after and proc.poll() is None:
         assert time.monotonic() < deadline, "no resume state was written"
@@ -291,8 +395,9 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
     proc.wait()
     assert not (out / "m.pt").exists(), "killed too late: the run had finished"
 
-    again = subprocess.run(train_cmd(params_path, dataset, out, resume), cwd=ROOT,
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        train_cmd(params_path, dataset, out, resume), cwd=ROOT, capture_output=True, text=True
+    )
     assert again.returncode == 0, again.stderr
     (line,) = [x for x in again.stderr.splitlines() if x.startswith("resuming after epoch")]
     assert int(line.split()[3]) >= kill_after
@@ -301,27 +406,31 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
     assert len(reference["history"]) == 9
 
 
-def test_state_of_other_params_is_discarded_and_resume_can_be_off(params_raw, dataset,
-                                                                   tmp_path):
-    strategy = {"s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01,
-                      "epochs": 2}}
+def test_state_of_other_params_is_discarded_and_resume_can_be_off(params_raw, dataset, tmp_path):
+    strategy = {
+        "s": {"arch": "cnn1", "weights": "none", "optimizer": "adam", "lr": 0.01, "epochs": 2}
+    }
     params = make_params(params_raw, strategy)
     clean, split = dataset
     resume = tmp_path / "resume"
-    kw = dict(clean_dir=clean, split_dir=split, metrics_path=tmp_path / "m.json",
-              plots_path=tmp_path / "p.tsv", resume_dir=resume)
+    kw = dict(
+        clean_dir=clean,
+        split_dir=split,
+        metrics_path=tmp_path / "m.json",
+        plots_path=tmp_path / "p.tsv",
+        resume_dir=resume,
+    )
     # a finished run of another lr left its state behind (as if killed before the outputs)
     other = make_params(params_raw, {"s": {**strategy["s"], "lr": 0.02}})
-    fp_other = train_stage._fingerprint(other, "s", CLASSES,
-                                        {s: data.read_rows(split, s) for s in ("train", "val")},
-                                        clean)
+    fp_other = train_stage._fingerprint(
+        other, "s", CLASSES, {s: data.read_rows(split, s) for s in ("train", "val")}, clean
+    )
     stale = {"fingerprint": fp_other, "history": [{"epoch": 1}] * 2}
     resume.mkdir()
     torch.save(stale, resume / "seed0.pt")
     got = train_stage.train("s", params, model_path=tmp_path / "a" / "m.pt", **kw)
     assert got["resumed_at"] == 0 and len(got["history"]) == 2
-    train_stage.train("s", params, model_path=tmp_path / "b" / "m.pt",
-                      **{**kw, "resume_dir": None})
+    train_stage.train("s", params, model_path=tmp_path / "b" / "m.pt", **{**kw, "resume_dir": None})
     # torch.save records the file name: same name in other folders for comparable bytes
     assert (tmp_path / "a/m.pt").read_bytes() == (tmp_path / "b/m.pt").read_bytes()
     assert not (resume / "seed0.pt").exists()
@@ -333,13 +442,25 @@ def test_state_of_other_params_is_discarded_and_resume_can_be_off(params_raw, da
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_a_richer_head_trains_alone_and_is_saved_with_the_clean_settings(dataset, params_raw,
-                                                                          tmp_path, cache):
+def test_a_richer_head_trains_alone_and_is_saved_with_the_clean_settings(
+    dataset, params_raw, tmp_path, cache
+):
     head = {"hidden": [8], "dropout": 0.5}
-    params = make_params(params_raw, {"h": {"arch": "cnn3", "weights": "none",
-                                            "trainable": "head", "optimizer": "adam",
-                                            "lr": 0.01, "epochs": 2, "cache_features": cache,
-                                            "head": head}})
+    params = make_params(
+        params_raw,
+        {
+            "h": {
+                "arch": "cnn3",
+                "weights": "none",
+                "trainable": "head",
+                "optimizer": "adam",
+                "lr": 0.01,
+                "epochs": 2,
+                "cache_features": cache,
+                "head": head,
+            }
+        },
+    )
     run_train(params, "h", dataset, tmp_path)
     model, ckpt = models.load_checkpoint(tmp_path / "m.pt")
     assert ckpt["head"] == head and isinstance(model.head, models.Head)
@@ -348,5 +469,6 @@ def test_a_richer_head_trains_alone_and_is_saved_with_the_clean_settings(dataset
     before = models.build("cnn3", len(CLASSES), "none", head).state_dict()
     changed = _changed(before, model.state_dict())
     assert changed == {f"head.{n}" for n in ("1.weight", "1.bias", "4.weight", "4.bias")}
-    assert json.loads((tmp_path / "m.json").read_text())["trainable_params"] == \
-        sum(p.numel() for p in model.head.parameters())
+    assert json.loads((tmp_path / "m.json").read_text())["trainable_params"] == sum(
+        p.numel() for p in model.head.parameters()
+    )

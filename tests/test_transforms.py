@@ -1,4 +1,5 @@
 """transferline/data/transforms.py: decoding, the train/eval/TTA pipelines and their inverse."""
+
 from __future__ import annotations
 
 import warnings
@@ -81,8 +82,10 @@ def test_denormalize_inverts_normalisation():
     assert torch.allclose(denormalize(out[None], MEAN, STD)[0], back)  # batched too
 
 
-@pytest.mark.parametrize("h, w, rows, cols", [(40, 60, slice(0, 40), slice(10, 50)),
-                                               (60, 40, slice(10, 50), slice(0, 40))])
+@pytest.mark.parametrize(
+    "h, w, rows, cols",
+    [(40, 60, slice(0, 40), slice(10, 50)), (60, 40, slice(10, 50), slice(0, 40))],
+)
 def test_train_transform_without_augmentation_is_a_plain_centre_square(h, w, rows, cols):
     # shorter side already 40: no resampling, so the output is exactly the middle square
     img = _gradient(h, w)
@@ -123,8 +126,11 @@ def test_tta_gives_five_crops_and_their_mirror_images(flip, views):
     assert out.shape == (views, 3, 32, 32)
     centre = eval_transform(image_size=32, mean=MEAN, std=STD)(img)
     assert torch.allclose(out[4], centre)  # FiveCrop order: 4 corners, then the centre
-    assert all(not torch.equal(out[i], out[j])  # every view is a different crop
-               for i in range(views) for j in range(i))
+    assert all(
+        not torch.equal(out[i], out[j])  # every view is a different crop
+        for i in range(views)
+        for j in range(i)
+    )
     if flip:
         # 38 px wide, 32 px crops: an even margin, so the mirrored centre crop is exact
         narrow = _gradient(37, 38)

@@ -1,4 +1,5 @@
 """`python -m transferline COMMAND ...`, the same as the `transferline` console command."""
+
 from transferline.cli import entry_point
 
 entry_point()

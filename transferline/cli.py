@@ -10,6 +10,7 @@
 `python -m transferline ...` is the same. The pipeline's stages are not here: `dvc repro` runs
 them (`python -m stages.<name>` in a checkout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,26 +22,31 @@ from transferline.config.errors import run_main
 
 def _predict(argv: Sequence[str]) -> int:
     from transferline.commands.predict import main
+
     return main(argv)
 
 
 def _export(argv: Sequence[str]) -> int:
     from transferline.commands.export import main
+
     return main(argv)
 
 
 def _check(argv: Sequence[str]) -> int:
     from transferline.tools.check import main
+
     return main(argv)
 
 
 def _compare(argv: Sequence[str]) -> int:
     from transferline.tools.compare import main
+
     return main(argv)
 
 
 def _plots_template(argv: Sequence[str]) -> int:
     from transferline.tools.plots_template import main
+
     return main(argv)
 
 
@@ -58,11 +64,17 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int | None]]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(
-        prog="transferline", description=__doc__.split("\n\n")[0],
+        prog="transferline",
+        description=__doc__.split("\n\n")[0],
         epilog="\n".join(f"  {name:15} {what}" for name, (what, _) in COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of: "
-                    + ", ".join(COMMANDS) + " (then --help for its options)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "command",
+        choices=COMMANDS,
+        metavar="COMMAND",
+        help="one of: " + ", ".join(COMMANDS) + " (then --help for its options)",
+    )
     ap.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ns = ap.parse_args(argv[:1] or ["--help"])
     _, command = COMMANDS[ns.command]

@@ -5,6 +5,7 @@ is written (transferline/models/export.py says how).
     transferline export [--model models/<S>.pt | --best metrics/best.json --models models] \
         --out export [--params params.yaml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,17 @@ from transferline.models.export import ONNX_FILE, TORCHSCRIPT_FILE, export
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="transferline export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--best", type=Path, default=Path("metrics/best.json"),
-                    help="the select stage's choice (default: %(default)s)")
+    ap = argparse.ArgumentParser(
+        prog="transferline export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--best",
+        type=Path,
+        default=Path("metrics/best.json"),
+        help="the select stage's choice (default: %(default)s)",
+    )
     ap.add_argument("--models", type=Path, default=Path("models"), help="checkpoint folder")
     ap.add_argument("--model", type=Path, help="export this checkpoint instead of the best")
     ap.add_argument("--out", type=Path, required=True, help="folder to write (export/)")
@@ -34,5 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(params.threads)
     diffs = export(model_path=path, strategy=path.stem, out=args.out, settings=params.export)
     worst = ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())
-    print(f"{path} -> {args.out}{os.sep}{{{ONNX_FILE}, {TORCHSCRIPT_FILE}}} "
-          f"(max probability difference: {worst})")
+    print(
+        f"{path} -> {args.out}{os.sep}{{{ONNX_FILE}, {TORCHSCRIPT_FILE}}} "
+        f"(max probability difference: {worst})"
+    )

@@ -15,6 +15,7 @@ any was (0 when all were classified, 2 on a usage error). --imagenet shows the b
 top-5 ImageNet classes before any transfer (its original head, 224 px). Needs no params.yaml.
 The DVC stage of the same name is stages/predict.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,28 +29,52 @@ from transferline.engine.predict import DEFAULT_TOP_K, choose_model, collect, pr
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="transferline predict", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="transferline predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("paths", nargs="+", type=Path, help="image files and folders")
-    ap.add_argument("--model", type=Path, help="checkpoint or exported model (default: the "
-                    "strategy --best names, under --models)")
-    ap.add_argument("--best", type=Path, default=Path("metrics/best.json"),
-                    help="the select stage's choice (default: %(default)s)")
-    ap.add_argument("--models", type=Path, default=Path("models"),
-                    help="folder of checkpoints (default: %(default)s)")
-    ap.add_argument("--top-k", type=int, help=f"classes per image (default: {DEFAULT_TOP_K}; "
-                    "5 with --imagenet)")
+    ap.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint or exported model (default: the strategy --best names, under --models)",
+    )
+    ap.add_argument(
+        "--best",
+        type=Path,
+        default=Path("metrics/best.json"),
+        help="the select stage's choice (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--models",
+        type=Path,
+        default=Path("models"),
+        help="folder of checkpoints (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--top-k", type=int, help=f"classes per image (default: {DEFAULT_TOP_K}; 5 with --imagenet)"
+    )
     ap.add_argument("--tta", action="store_true", help="average the softmax over five crops")
     ap.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     ap.add_argument("--gallery", type=Path, help="also write a PNG grid of the images")
     ap.add_argument("--csv", type=Path, help="also write the results as CSV")
-    ap.add_argument("--imagenet", action="store_true",
-                    help="the pretrained backbone's own ImageNet classes, before any transfer")
-    ap.add_argument("--arch", help="backbone for --imagenet (default: the model's arch, or "
-                    "efficientnet_lite0 when there is no model)")
+    ap.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="the pretrained backbone's own ImageNet classes, before any transfer",
+    )
+    ap.add_argument(
+        "--arch",
+        help="backbone for --imagenet (default: the model's arch, or "
+        "efficientnet_lite0 when there is no model)",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--allow-failures", action="store_true",
-                    help="exit 0 even when some files could not be used")
+    ap.add_argument(
+        "--allow-failures",
+        action="store_true",
+        help="exit 0 even when some files could not be used",
+    )
     args = ap.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         ap.error("--top-k must be at least 1")
@@ -62,9 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt = runtime.resolve(device=args.device)
     threads = torch.get_num_threads()
     with runtime.torch_state(rt, seed=0, threads=threads):
-        b = choose_model(model=args.model, best=args.best, models=args.models,
-                         imagenet=args.imagenet, arch=args.arch, threads=threads)
+        b = choose_model(
+            model=args.model,
+            best=args.best,
+            models=args.models,
+            imagenet=args.imagenet,
+            arch=args.arch,
+            threads=threads,
+        )
         results = predict(collect(args.paths), b, top_k=top_k, tta=args.tta, rt=rt)
-    write_results(results, b, csv_path=args.csv, gallery_path=args.gallery,
-                  as_json_output=args.json)
+    write_results(
+        results, b, csv_path=args.csv, gallery_path=args.gallery, as_json_output=args.json
+    )
     return 1 if any(not r.ok for r in results) and not args.allow_failures else 0

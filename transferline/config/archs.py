@@ -3,9 +3,10 @@ without importing torch.
 
 validate checks params.yaml before every `dvc repro` and `dvc exp run`; importing torch and
 torchvision would be most of its run (several seconds), for nothing but a list of names.
-transferline/models/registry.py builds each of them: its `ARCHS` registry has exactly these keys (a test keeps
-the two equal).
+transferline/models/registry.py builds each of them: its `ARCHS` registry has exactly these keys (a
+test keeps the two equal).
 """
+
 from __future__ import annotations
 
 from transferline.config.errors import StageError
@@ -31,5 +32,7 @@ def check(arch: str, weights: str) -> None:
     if arch not in PRETRAINED:
         raise StageError(f"unknown arch {arch!r}; choose one of {', '.join(PRETRAINED)}")
     if weights == "pretrained" and not PRETRAINED[arch]:
-        raise StageError(f"{arch} has no pretrained weights (it is a small CNN for training from "
-                         "scratch); use `weights: none`")
+        raise StageError(
+            f"{arch} has no pretrained weights (it is a small CNN for training from "
+            "scratch); use `weights: none`"
+        )

@@ -9,6 +9,7 @@ Every stage module ends with `run_main(main)`. What reaches the user:
 
 Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,8 +58,10 @@ def run_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left; run the stage again to finish",
-              file=sys.stderr)
+        print(
+            "interrupted: nothing half-written was left; run the stage again to finish",
+            file=sys.stderr,
+        )
         sys.exit(INTERRUPTED)
     except (ParamsError, StageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """params.yaml: load it and validate it strictly, so a typo stops a stage before any work.
 
 Every stage calls `load()` in its `main()`. An unknown key, a wrong type, an out-of-range value or
-settings that contradict each other raise `ParamsError` (transferline/config/errors.py) whose message names
-each bad key and what is allowed; `run_main` turns it into a message and exit status 2.
+settings that contradict each other raise `ParamsError` (transferline/config/errors.py) whose
+message names each bad key and what is allowed; `run_main` turns it into a message and exit status
+2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +36,8 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"  # runtime.device: auto | cpu | cud
 # Keys that change how fast a stage runs, never its outputs: dvc.yaml tracks none of them, so
 # raising one re-runs nothing (tests/test_dvc_yaml.py holds both to this list).
 SPEED_ONLY = ("clean.workers", "train.workers", "train.resume", "evaluate.workers")
-# How a dataset's archives become class folders (keys of transferline.data.formats.CONVERTERS, plus the
-# default `folders`: they already are class folders).
+# How a dataset's archives become class folders (keys of transferline.data.formats.CONVERTERS,
+# plus the default `folders`: they already are class folders).
 DatasetFormat = Literal["folders", "cifar10", "flowers102"]
 
 
@@ -46,6 +48,7 @@ class Section(BaseModel):
 
 
 # ---- datasets -------------------------------------------------------------------------------
+
 
 class Generate(Section):
     classes: int = Field(3, ge=3, le=6)
@@ -80,15 +83,20 @@ class Dataset(Section):
         if self.format == "folders":
             return self
         if self.archives is None:
-            raise ValueError(f"`format: {self.format}` converts downloaded archives; "
-                             "give `archives:` (not `generate:`)")
+            raise ValueError(
+                f"`format: {self.format}` converts downloaded archives; "
+                "give `archives:` (not `generate:`)"
+            )
         if any(a.split is not None for a in self.archives):
-            raise ValueError(f"`format: {self.format}` takes its splits from the official "
-                             "files; remove `split:` from its archives")
+            raise ValueError(
+                f"`format: {self.format}` takes its splits from the official "
+                "files; remove `split:` from its archives"
+            )
         return self
 
 
 # ---- data stages ----------------------------------------------------------------------------
+
 
 class Download(Section):
     timeout: Positive = 30.0
@@ -123,9 +131,11 @@ class Split(Section):
 
 # ---- training -------------------------------------------------------------------------------
 
+
 class Augment(Section):
-    crop_scale: list[Annotated[float, Field(gt=0, le=1)]] = Field([0.6, 1.0], min_length=2,
-                                                                  max_length=2)
+    crop_scale: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.6, 1.0], min_length=2, max_length=2
+    )
     hflip: Probability = 0.5
     rotation: float = Field(10.0, ge=0, le=180)
     color_jitter: float = Field(0.2, ge=0, le=1)
@@ -139,6 +149,7 @@ class Augment(Section):
 
 class Runtime(Section):
     """Where and how models run: shared by train, evaluate and predict."""
+
     device: str = Field("auto", pattern=DEVICE_PATTERN)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
@@ -160,8 +171,10 @@ class Train(Section):
     @model_validator(mode="after")
     def _batch_splits(self) -> "Train":
         if self.batch_size % self.nproc:
-            raise ValueError(f"batch_size {self.batch_size} must split evenly over nproc "
-                             f"{self.nproc} processes (it is the global batch)")
+            raise ValueError(
+                f"batch_size {self.batch_size} must split evenly over nproc "
+                f"{self.nproc} processes (it is the global batch)"
+            )
         return self
 
 
@@ -173,23 +186,28 @@ class Schedule(Section):
 
 
 def _check_trainable(value: Any) -> Any:
-    ok = (value in ("all", "head")
-          or (type(value) is int and value >= 1)
-          or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)))
+    ok = (
+        value in ("all", "head")
+        or (type(value) is int and value >= 1)
+        or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))
+    )
     if not ok:
-        raise ValueError("must be all | head | N >= 1 (last N blocks + head) | "
-                         "a list of module names")
+        raise ValueError(
+            "must be all | head | N >= 1 (last N blocks + head) | a list of module names"
+        )
     return value
 
 
 # all | head | N (last N blocks + head) | explicit module names. The union documents the type;
 # _check_trainable alone validates it (one check, one message instead of one per union member).
-Trainable = Annotated[Union[Literal["all", "head"], int, list[str]],
-                      PlainValidator(_check_trainable)]
+Trainable = Annotated[
+    Union[Literal["all", "head"], int, list[str]], PlainValidator(_check_trainable)
+]
 
 
 class PhaseOverride(Section):
     """Keys a later phase may change; unset ones carry over from the phase before."""
+
     trainable: Optional[Trainable] = None
     optimizer: Optional[Literal["sgd", "adam", "adamw"]] = None
     lr: Optional[Positive] = None
@@ -203,6 +221,7 @@ class PhaseOverride(Section):
 
 class Phase(Section):
     """One fully resolved training phase."""
+
     trainable: Trainable = "all"
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: Positive = 0.01
@@ -223,6 +242,7 @@ class Phase(Section):
 class Head(Section):
     """The new classification head: [Dropout] -> (Linear -> ReLU -> [Dropout]) per hidden width
     -> Linear. The default (no hidden layer, no dropout) is one nn.Linear."""
+
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field([], max_length=4)
     dropout: float = Field(0.0, ge=0, lt=1)  # probability, before each Linear of the head
 
@@ -240,8 +260,9 @@ class Strategy(Phase):
         out = [phase]
         for k, override in enumerate(self.phases):
             try:
-                phase = Phase.model_validate({**phase.model_dump(),
-                                              **override.model_dump(exclude_none=True)})
+                phase = Phase.model_validate(
+                    {**phase.model_dump(), **override.model_dump(exclude_none=True)}
+                )
             except ValidationError as exc:  # a combination only this phase has (nesterov, ...)
                 msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
                 raise ValueError(f"phases.{k}: {msgs}") from None
@@ -252,12 +273,15 @@ class Strategy(Phase):
     def _phases_consistent(self) -> "Strategy":
         phases = self.resolved_phases()  # each phase checked with the settings it inherits
         if self.cache_features and any(p.trainable != "head" for p in phases):
-            raise ValueError("cache_features needs `trainable: head` in every phase "
-                             "(features of a backbone that trains change every step)")
+            raise ValueError(
+                "cache_features needs `trainable: head` in every phase "
+                "(features of a backbone that trains change every step)"
+            )
         return self
 
 
 # ---- evaluate / report ----------------------------------------------------------------------
+
 
 class Evaluate(Section):
     batch_size: int = Field(64, ge=1, le=4096)
@@ -273,6 +297,7 @@ class Report(Section):
 
 class Select(Section):
     """How the best strategy is chosen: on validation, never on test."""
+
     by: Literal["val_acc", "val_loss"] = "val_acc"
 
 
@@ -291,6 +316,7 @@ class Export(Section):
 
 class Check(Section):
     """Tolerances for `make check` (transferline/tools/check.py)."""
+
     data_stages: list[str] = ["download", "extract", "clean", "split"]
     images: int = Field(3, ge=0)  # a score counted on images may move by this many images
     counts: str = Field("metrics/split.json", min_length=1)  # where the split's counts are
@@ -324,8 +350,9 @@ class Params(Section):
     def _dataset_known(cls, value: str, info: ValidationInfo) -> str:
         entries = info.data.get("datasets")
         if entries is not None and value not in entries:
-            raise ValueError(f"{value!r} is not an entry of `datasets:`; "
-                             f"choose one of {sorted(entries)}")
+            raise ValueError(
+                f"{value!r} is not an entry of `datasets:`; choose one of {sorted(entries)}"
+            )
         return value
 
     @property
@@ -342,8 +369,10 @@ class Params(Section):
 
     def strategy(self, name: str) -> Strategy:
         if name not in self.strategies:
-            raise ParamsError(f"{PARAMS_FILE}: no strategy {name!r} under `strategies:`; "
-                              f"choose one of {sorted(self.strategies)}")
+            raise ParamsError(
+                f"{PARAMS_FILE}: no strategy {name!r} under `strategies:`; "
+                f"choose one of {sorted(self.strategies)}"
+            )
         return self.strategies[name]
 
 
@@ -371,8 +400,12 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
 
 def add_option(parser: argparse.ArgumentParser) -> None:
     """Every stage's `--params FILE` (default params.yaml), for tests and one-off runs."""
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE),
-                        help="params file to validate and use (default: %(default)s)")
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=Path(PARAMS_FILE),
+        help="params file to validate and use (default: %(default)s)",
+    )
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
@@ -384,4 +417,3 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return validate(raw, str(path))
-

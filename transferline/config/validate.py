@@ -11,6 +11,7 @@ same bytes, and so re-runs only the stages whose own params changed.
 
     python -m stages.validate --params params.yaml --out data/params.ok
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -44,6 +44,7 @@ the results in sorted source order, so the output is byte-identical for any work
 Everything goes to a temporary folder beside --out that replaces it at the end: an interrupted
 run leaves the previous output (or none), never a mix.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,23 +69,31 @@ from transferline.config.params import Clean
 from transferline.data.images import REASONS, Outcome, jpeg_complete, judge_bytes  # noqa: F401 (re-exported)
 from transferline.outputs.atomic import SOURCES, staged_dir, write_json, write_text
 
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "test-set": "test", "testing": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "test-set": "test",
+    "testing": "test",
+}
 MANIFEST_COLUMNS = ("path", "class", "split", "source", "width", "height", "sha256")
 REJECTED_COLUMNS = ("source", "class", "reason", "detail")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    path: Path       # where to read it
-    source: str      # posix path relative to data/extracted (sort key, reported)
+    path: Path  # where to read it
+    source: str  # posix path relative to data/extracted (sort key, reported)
     cls: str
-    split: str       # "train" | "val" | "test" | "" (none shipped)
+    split: str  # "train" | "val" | "test" | "" (none shipped)
 
 
 @dataclass
 class Summary:
     """What a clean run measured; `metrics()` is metrics/clean.json."""
+
     kept: int = 0
     rejected: int = 0
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -92,24 +101,33 @@ class Summary:
     empty_classes: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict:
-        return {"kept": self.kept, "rejected": self.rejected, "classes": self.classes,
-                "reasons": self.reasons}
+        return {
+            "kept": self.kept,
+            "rejected": self.rejected,
+            "classes": self.classes,
+            "reasons": self.reasons,
+        }
 
 
 # ---- finding the files ----------------------------------------------------------------------
 
+
 def _subdirs(folder: Path) -> list[Path]:
     # hidden folders (.ipynb_checkpoints, __MACOSX) are never classes or splits
-    return sorted(p for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))
+    )
 
 
 def _class_folders(root: Path, split: Optional[str]) -> list[tuple[Path, str]]:
     """(class folder, split) pairs of one extracted source, per docs/pipeline.md."""
     while True:  # step into wrappers: a lone subfolder that itself holds folders
         dirs = _subdirs(root)
-        if (len(dirs) != 1 or not _subdirs(dirs[0])
-                or (split is None and dirs[0].name.lower() in SPLIT_NAMES)):  # a lone train/
+        if (
+            len(dirs) != 1
+            or not _subdirs(dirs[0])
+            or (split is None and dirs[0].name.lower() in SPLIT_NAMES)
+        ):  # a lone train/
             break
         root = dirs[0]
     if split is not None:
@@ -119,9 +137,11 @@ def _class_folders(root: Path, split: Optional[str]) -> list[tuple[Path, str]]:
         return [(d, "") for d in dirs]
     others = [d.name for d in dirs if d not in named]
     if others:
-        raise StageError(f"{root}: mixes split folders {[d.name for d in named]} with other "
-                         f"folders {others}; put every class folder under a split folder, or "
-                         f"give the archive a `split:` in params.yaml")
+        raise StageError(
+            f"{root}: mixes split folders {[d.name for d in named]} with other "
+            f"folders {others}; put every class folder under a split folder, or "
+            f"give the archive a `split:` in params.yaml"
+        )
     return [(c, SPLIT_NAMES[s.name.lower()]) for s in named for c in _subdirs(s)]
 
 
@@ -150,15 +170,20 @@ def discover(extracted: Path) -> tuple[list[Candidate], list[str]]:
             raise StageError(f"{root}: listed in {index} but not a folder; re-run extract")
         for folder, split in _class_folders(root, entry.get("split")):
             classes.add(folder.name)
-            candidates += [Candidate(p, p.relative_to(extracted).as_posix(), folder.name, split)
-                           for p in _files_under(folder)]
+            candidates += [
+                Candidate(p, p.relative_to(extracted).as_posix(), folder.name, split)
+                for p in _files_under(folder)
+            ]
     if not classes:
-        raise StageError(f"{extracted}: no class folders found; expected <class>/<image> or "
-                         f"<split>/<class>/<image> inside each extracted source")
+        raise StageError(
+            f"{extracted}: no class folders found; expected <class>/<image> or "
+            f"<split>/<class>/<image> inside each extracted source"
+        )
     return sorted(candidates, key=lambda c: c.source), sorted(classes)
 
 
 # ---- judging one file -----------------------------------------------------------------------
+
 
 def judge(path: Path, params: Clean) -> Outcome:
     """Read one file and either normalise it or say why it is rejected. Writes nothing."""
@@ -171,6 +196,7 @@ def judge(path: Path, params: Clean) -> Outcome:
 
 # ---- running over all files -----------------------------------------------------------------
 
+
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # parallelism comes from processes; OpenCV threads would oversubscribe
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # reasons go to the CSV
@@ -179,7 +205,8 @@ def _init_worker() -> None:
 def _init_pool_worker() -> None:
     # Ctrl-C reaches the whole process group: the main process stops the pool and says so once;
     # a worker would otherwise print its own KeyboardInterrupt traceback. Forkserver workers
-    # already ignore it from birth (transferline.data.workers_ignore_sigint); spawned ones from here on.
+    # already ignore it from birth (transferline.data.workers_ignore_sigint); spawned ones from
+    # here on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_worker()
 
@@ -195,9 +222,19 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     # every Pillow format plugin: Image.open on a non-image would import them all per worker
     pil_plugins = [f"PIL.{name}" for name in getattr(Image, "_plugins", ())]
-    ctx.set_forkserver_preload(["transferline.data.workers_ignore_sigint", "cv2", "numpy", "PIL.Image",
-                                "PIL.ImageOps", "tqdm", "transferline.config.params", "transferline.data.images",
-                                *pil_plugins])
+    ctx.set_forkserver_preload(
+        [
+            "transferline.data.workers_ignore_sigint",
+            "cv2",
+            "numpy",
+            "PIL.Image",
+            "PIL.ImageOps",
+            "tqdm",
+            "transferline.config.params",
+            "transferline.data.images",
+            *pil_plugins,
+        ]
+    )
     return ctx
 
 
@@ -229,8 +266,9 @@ def _judge_all(candidates: list[Candidate], images: Path, params: Clean) -> Iter
         return
     # small chunks: the few big files (BMP, PSD, large JPEGs) spread over the workers
     chunk = max(1, min(16, len(candidates) // (params.workers * 8)))
-    with ProcessPoolExecutor(params.workers, mp_context=_worker_context(),
-                             initializer=_init_pool_worker) as pool:
+    with ProcessPoolExecutor(
+        params.workers, mp_context=_worker_context(), initializer=_init_pool_worker
+    ) as pool:
         try:
             yield from tqdm(pool.map(work, candidates, chunksize=chunk), **bar)
         except BaseException:  # an error or Ctrl-C: drop the queued files, do not wait for them
@@ -238,8 +276,9 @@ def _judge_all(candidates: list[Candidate], images: Path, params: Clean) -> Iter
             raise
 
 
-def _tally(candidates: list[Candidate], outcomes: Iterable[Outcome], images: Path,
-           summary: Summary) -> tuple[list[tuple], list[tuple]]:
+def _tally(
+    candidates: list[Candidate], outcomes: Iterable[Outcome], images: Path, summary: Summary
+) -> tuple[list[tuple], list[tuple]]:
     """Fill `summary`; manifest and rejected rows. Byte copies of a kept file become
     `duplicate` (the first in sorted source order is kept) and lose their written image."""
     kept_by_sha: dict[str, Candidate] = {}
@@ -257,8 +296,17 @@ def _tally(candidates: list[Candidate], outcomes: Iterable[Outcome], images: Pat
             summary.classes[cand.cls]["rejected"] += 1
             continue
         kept_by_sha[res.sha256] = cand
-        manifest.append((f"images/{cand.cls}/{res.sha256[:16]}.jpg", cand.cls, cand.split,
-                         cand.source, res.width, res.height, res.sha256))
+        manifest.append(
+            (
+                f"images/{cand.cls}/{res.sha256[:16]}.jpg",
+                cand.cls,
+                cand.split,
+                cand.source,
+                res.width,
+                res.height,
+                res.sha256,
+            )
+        )
         summary.classes[cand.cls]["kept"] += 1
     summary.kept, summary.rejected = len(manifest), len(rejects)
     summary.empty_classes = [c for c, n in summary.classes.items() if n["kept"] == 0]
@@ -283,20 +331,26 @@ def clean(extracted: Path, out: Path, metrics: Path, rejected: Path, params: Cle
         images = tmp / "images"
         for cls in classes:
             (images / cls).mkdir(parents=True)
-        manifest, rejects = _tally(candidates, _judge_all(candidates, images, params), images,
-                                   summary)
+        manifest, rejects = _tally(
+            candidates, _judge_all(candidates, images, params), images, summary
+        )
         if not manifest:
             found = ", ".join(f"{r} {n}" for r, n in summary.reasons.items() if n) or "no files"
-            raise StageError(f"{extracted}: none of its {len(candidates)} files is a usable "
-                             f"image ({found}); check the dataset or the clean.* limits in "
-                             f"params.yaml")
+            raise StageError(
+                f"{extracted}: none of its {len(candidates)} files is a usable "
+                f"image ({found}); check the dataset or the clean.* limits in "
+                f"params.yaml"
+            )
         for cls in summary.empty_classes:
             (images / cls).rmdir()
-        (tmp / "manifest.csv").write_text(_csv_text(MANIFEST_COLUMNS, manifest),
-                                          encoding="utf-8", newline="")
+        (tmp / "manifest.csv").write_text(
+            _csv_text(MANIFEST_COLUMNS, manifest), encoding="utf-8", newline=""
+        )
     write_text(rejected, _csv_text(REJECTED_COLUMNS, rejects))
     write_json(metrics, summary.metrics())
     for cls in summary.empty_classes:
-        print(f"warning: class {cls!r} has no usable image left after cleaning "
-              f"(see {rejected})", file=sys.stderr)
+        print(
+            f"warning: class {cls!r} has no usable image left after cleaning (see {rejected})",
+            file=sys.stderr,
+        )
     return summary

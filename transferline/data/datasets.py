@@ -7,6 +7,7 @@ Random augmentation does not depend on the number of DataLoader workers: the loa
 draws, with a generator seeded from `seed`, the order of the rows and one seed per sample per
 epoch, and the dataset seeds the transform with it. So `train.workers` changes speed only.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,7 +37,7 @@ def read_classes(split_dir: str | Path) -> list[str]:
     except FileNotFoundError:
         raise StageError(f"{path}: not found; run the split stage first") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise StageError(f"{path}: not a {{\"classes\": [...]}} file ({exc})") from None
+        raise StageError(f'{path}: not a {{"classes": [...]}} file ({exc})') from None
     if not classes or not all(isinstance(c, str) for c in classes):
         raise StageError(f"{path}: `classes` must be a non-empty list of names")
     return classes
@@ -60,16 +61,24 @@ def read_rows(split_dir: str | Path, split: str) -> list[tuple[str, int]]:
 class ImageDataset(Dataset):
     """(transform(uint8 (3, H, W) image), label) for rows [(path under clean_dir, label)]."""
 
-    def __init__(self, clean_dir: str | Path, rows: Sequence[tuple[str, int]],
-                 transform: Callable | None, *, cache_bytes: int = CACHE_FILE_BYTES):
+    def __init__(
+        self,
+        clean_dir: str | Path,
+        rows: Sequence[tuple[str, int]],
+        transform: Callable | None,
+        *,
+        cache_bytes: int = CACHE_FILE_BYTES,
+    ):
         self.root = Path(clean_dir)
         self.rows = list(rows)
         self.transform = transform
         self.cache: list[torch.Tensor] | None = None
         missing = [p for p, _ in self.rows if not (self.root / p).is_file()]
         if missing:
-            raise StageError(f"{self.root / missing[0]}: listed in the split but missing "
-                             f"({len(missing)} files missing); re-run clean and split")
+            raise StageError(
+                f"{self.root / missing[0]}: listed in the split but missing "
+                f"({len(missing)} files missing); re-run clean and split"
+            )
         size = sum((self.root / p).stat().st_size for p, _ in self.rows)
         if size <= cache_bytes:
             # decoded once in the main process; forked workers share it copy-on-write
@@ -112,8 +121,16 @@ class SeededSampler(Sampler):
     last ranks may get one sample fewer.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator, rank: int = 0,
-                 world: int = 1, pad: bool = False):
+    def __init__(
+        self,
+        n: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator,
+        rank: int = 0,
+        world: int = 1,
+        pad: bool = False,
+    ):
         self.n, self.shuffle, self.generator = n, shuffle, generator
         self.rank, self.world, self.pad = rank, world, pad
 
@@ -124,8 +141,11 @@ class SeededSampler(Sampler):
         return -(-self.n // self.world) * self.world if self.pad else self.n
 
     def __iter__(self):
-        order = (torch.randperm(self.n, generator=self.generator) if self.shuffle
-                 else torch.arange(self.n))
+        order = (
+            torch.randperm(self.n, generator=self.generator)
+            if self.shuffle
+            else torch.arange(self.n)
+        )
         seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator)
         if self.world > 1:
             keep = torch.arange(self.rank, self._total(), self.world) % self.n
@@ -142,9 +162,19 @@ def _seed_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                device: torch.device | str, drop_last: bool = False, rank: int = 0,
-                world: int = 1, pad: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    device: torch.device | str,
+    drop_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    pad: bool = False,
+) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on `seed` (for an ImageDataset;
     other datasets: on `seed` and `workers`). With `world` > 1 processes, this rank's share
     (see SeededSampler); `batch_size` is then per process."""
@@ -154,11 +184,26 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, workers: in
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, ImageDataset):
         sampler_gen = torch.Generator().manual_seed(seed)
-        order = dict(sampler=SeededSampler(len(dataset), shuffle=shuffle, generator=sampler_gen,
-                                           rank=rank, world=world, pad=pad))
+        order = dict(
+            sampler=SeededSampler(
+                len(dataset),
+                shuffle=shuffle,
+                generator=sampler_gen,
+                rank=rank,
+                world=world,
+                pad=pad,
+            )
+        )
     else:
         order = dict(shuffle=shuffle)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **order,
-                      generator=generator, worker_init_fn=_seed_worker,
-                      pin_memory=torch.device(device).type == "cuda",
-                      persistent_workers=workers > 0, drop_last=drop_last)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        **order,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+    )

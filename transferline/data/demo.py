@@ -13,6 +13,7 @@ The class is the shape's outline only: colour, texture, size, position, rotation
 clutter, noise and blur are drawn the same way for every class, so a model must learn shape.
 Backgrounds are crops of the two photos scikit-learn ships (no network needed).
 """
+
 from __future__ import annotations
 
 import io
@@ -38,47 +39,52 @@ PHOTOS = ("china.jpg", "flower.jpg")  # sklearn.datasets.load_sample_image, 427x
 # CNN from scratch (AdamW, 15 epochs) reached 0.40 test accuracy, frozen EfficientNet-Lite0
 # features + logistic regression 0.81. Raise CLUTTER/NOISE_SIGMA/TEXTURE_P or lower SHAPE_ALPHA
 # to make the task harder for both.
-BG_CROP = (0.15, 0.6)        # background crop side, fraction of the photo's shorter side (zoom)
-BG_GAIN = (0.6, 1.4)         # per-channel colour gain applied to backgrounds and textures
-SHAPE_RADIUS = (0.22, 0.4)   # shape circumradius, fraction of the image side
-SHAPE_ASPECT = (0.8, 1.25)   # x/y stretch of the shape (squares become rectangles)
-SHAPE_ALPHA = (0.8, 1.0)     # shape opacity; low values let the background show through
-OUTLINE_P = 0.35             # chance a polygon is drawn as an outline instead of filled
-OUTLINE_WIDTH = (0.05, 0.1)   # outline thickness, fraction of the image side
-TEXTURE_P = 0.2              # chance the fill is a photo texture rather than a flat colour
-CLUTTER = (0, 2)             # thin distractor lines and arcs per image, [low, high)
-NOISE_SIGMA = (1.0, 6.0)     # Gaussian pixel noise, grey levels (0..255)
-BLUR_P = 0.5                 # chance of a Gaussian blur
-BLUR_SIGMA = (0.4, 1.2)      # blur sigma in px at 96 px (scaled with the image side)
-JPEG_QUALITY = (70, 95)      # encoder quality range, [low, high]
+BG_CROP = (0.15, 0.6)  # background crop side, fraction of the photo's shorter side (zoom)
+BG_GAIN = (0.6, 1.4)  # per-channel colour gain applied to backgrounds and textures
+SHAPE_RADIUS = (0.22, 0.4)  # shape circumradius, fraction of the image side
+SHAPE_ASPECT = (0.8, 1.25)  # x/y stretch of the shape (squares become rectangles)
+SHAPE_ALPHA = (0.8, 1.0)  # shape opacity; low values let the background show through
+OUTLINE_P = 0.35  # chance a polygon is drawn as an outline instead of filled
+OUTLINE_WIDTH = (0.05, 0.1)  # outline thickness, fraction of the image side
+TEXTURE_P = 0.2  # chance the fill is a photo texture rather than a flat colour
+CLUTTER = (0, 2)  # thin distractor lines and arcs per image, [low, high)
+NOISE_SIGMA = (1.0, 6.0)  # Gaussian pixel noise, grey levels (0..255)
+BLUR_P = 0.5  # chance of a Gaussian blur
+BLUR_SIGMA = (0.4, 1.2)  # blur sigma in px at 96 px (scaled with the image side)
+JPEG_QUALITY = (70, 95)  # encoder quality range, [low, high]
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: the zip must not depend on the clock
-SUBPIXEL = 4                      # cv2 drawing `shift`: vertex coordinates in 1/16 px
+SUBPIXEL = 4  # cv2 drawing `shift`: vertex coordinates in 1/16 px
 
-HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
-             b"<body><h1>Not Found</h1><p>The requested image was not found on this server."
-             b"</p></body></html>\n")
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n"
+    b"<body><h1>Not Found</h1><p>The requested image was not found on this server."
+    b"</p></body></html>\n"
+)
 # First bytes of the real formats, padded: what a loader sees when it opens these files.
-OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"          # Thumbs.db (Windows thumbnail cache)
-DS_STORE_MAGIC = b"\x00\x00\x00\x01Bud1"                  # .DS_Store (macOS Finder)
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Thumbs.db (Windows thumbnail cache)
+DS_STORE_MAGIC = b"\x00\x00\x00\x01Bud1"  # .DS_Store (macOS Finder)
 APPLEDOUBLE_MAGIC = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # ._name forks
 
 
 @dataclass
 class DemoSummary:
     """What `build_demo_zip` wrote, keyed by zip member path."""
+
     classes: list[str]
-    good: dict[str, int]                                  # class -> good images
-    odd: dict[str, str] = field(default_factory=dict)     # odd-but-valid kind -> member
+    good: dict[str, int]  # class -> good images
+    odd: dict[str, str] = field(default_factory=dict)  # odd-but-valid kind -> member
     broken: dict[str, str] = field(default_factory=dict)  # broken kind -> member
-    members: int = 0                                      # file entries in the zip
+    members: int = 0  # file entries in the zip
 
 
 # ---- drawing --------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
     from sklearn.datasets import load_sample_image  # heavy import, only when drawing
+
     return load_sample_image(name)  # (427, 640, 3) uint8 RGB
 
 
@@ -93,8 +99,9 @@ def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
     side = max(8, int(_uniform(rng, BG_CROP) * min(h, w)))
     x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     # Pillow's resize is plain integer C code: the same bytes on every CPU.
-    img = Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR,
-                                        box=(x0, y0, x0 + side, y0 + side))
+    img = Image.fromarray(photo).resize(
+        (size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side)
+    )
     arr = np.asarray(img, dtype=np.float32)
     if rng.random() < 0.5:
         arr = arr[:, ::-1]
@@ -107,16 +114,23 @@ def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _polygon(points: list[tuple[float, float]]) -> Callable[..., None]:
     """A drawer for a polygon given on the unit circle (vertex radius <= 1)."""
+
     def draw(mask, centre, radius, angle, aspect, width, rng):
         cos, sin = math.cos(angle), math.sin(angle)
         scale = 1 << SUBPIXEL
-        pts = [(centre[0] + radius * aspect * (x * cos - y * sin),
-                centre[1] + radius / aspect * (x * sin + y * cos)) for x, y in points]
+        pts = [
+            (
+                centre[0] + radius * aspect * (x * cos - y * sin),
+                centre[1] + radius / aspect * (x * sin + y * cos),
+            )
+            for x, y in points
+        ]
         pts = np.array([[round(x * scale), round(y * scale)] for x, y in pts], np.int32)
         if width:
             cv2.polylines(mask, [pts], True, 255, width, cv2.LINE_AA, SUBPIXEL)
         else:
             cv2.fillPoly(mask, [pts], 255, cv2.LINE_AA, SUBPIXEL)
+
     return draw
 
 
@@ -200,8 +214,17 @@ def _clutter(img: np.ndarray, rng: np.random.Generator) -> None:
         else:
             axes = (int(rng.integers(4, size // 2)), int(rng.integers(4, size // 2)))
             start = int(rng.integers(0, 360))
-            cv2.ellipse(img, (p[0], p[1]), axes, int(rng.integers(0, 180)), start,
-                        start + int(rng.integers(30, 150)), colour, thick, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                (p[0], p[1]),
+                axes,
+                int(rng.integers(0, 180)),
+                start,
+                start + int(rng.integers(30, 150)),
+                colour,
+                thick,
+                cv2.LINE_AA,
+            )
 
 
 def render(class_name: str, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -211,8 +234,10 @@ def render(class_name: str, rng: np.random.Generator, size: int) -> np.ndarray:
         fill = _photo_crop(rng, size)
     else:
         fill = np.broadcast_to(rng.uniform(0, 255, 3).astype(np.float32), bg.shape)
-    alpha = (_shape_mask(class_name, rng, size).astype(np.float32)
-             * np.float32(_uniform(rng, SHAPE_ALPHA) / 255))[..., None]
+    alpha = (
+        _shape_mask(class_name, rng, size).astype(np.float32)
+        * np.float32(_uniform(rng, SHAPE_ALPHA) / 255)
+    )[..., None]
     img = np.rint(bg * (1 - alpha) + fill * alpha).astype(np.uint8)
     _clutter(img, rng)
     if rng.random() < BLUR_P:
@@ -225,9 +250,11 @@ def render(class_name: str, rng: np.random.Generator, size: int) -> np.ndarray:
 
 # ---- encoding -------------------------------------------------------------------------------
 
+
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     assert ok, "OpenCV failed to encode a JPEG"
     return buf.tobytes()
 
@@ -255,10 +282,14 @@ def _bmp(rgb: np.ndarray) -> bytes:
 
 # Good images stored in unusual but valid encodings: kind -> (file suffix, encoder(rgb, q)).
 ODD_FORMATS: dict[str, tuple[str, Callable[[np.ndarray, int], bytes]]] = {
-    "cmyk_jpeg": (".jpg", lambda rgb, q: _pil_bytes(Image.fromarray(rgb).convert("CMYK"),
-                                                    "JPEG", quality=q)),
-    "greyscale_jpeg": (".jpg", lambda rgb, q: _pil_bytes(Image.fromarray(rgb).convert("L"),
-                                                         "JPEG", quality=q)),
+    "cmyk_jpeg": (
+        ".jpg",
+        lambda rgb, q: _pil_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=q),
+    ),
+    "greyscale_jpeg": (
+        ".jpg",
+        lambda rgb, q: _pil_bytes(Image.fromarray(rgb).convert("L"), "JPEG", quality=q),
+    ),
     "rgba_png": (".png", lambda rgb, q: _rgba_png(rgb)),
     "bmp_named_jpg": (".jpg", lambda rgb, q: _bmp(rgb)),
 }
@@ -269,25 +300,31 @@ ODD_FORMATS: dict[str, tuple[str, Callable[[np.ndarray, int], bytes]]] = {
 #         -> (zip member path, file bytes).
 # Paths are zip member paths; each kind lands in one class folder (kind index mod classes).
 
+
 def _tiny(spare: bytes) -> bytes:
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(spare, np.uint8), cv2.IMREAD_COLOR),
-                       cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(spare, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
     return encode_jpeg(cv2.resize(rgb, (8, 8), interpolation=cv2.INTER_NEAREST), 90)
 
 
 BROKEN: dict[str, Callable[[str, str, bytes, bytes], tuple[str, bytes]]] = {
     "empty": lambda d, good_name, good, spare: (f"{d}/empty.jpg", b""),
-    "truncated_jpeg": lambda d, good_name, good, spare: (f"{d}/truncated.jpg",
-                                                         spare[:len(spare) * 3 // 5]),
+    "truncated_jpeg": lambda d, good_name, good, spare: (
+        f"{d}/truncated.jpg",
+        spare[: len(spare) * 3 // 5],
+    ),
     "html_as_jpg": lambda d, good_name, good, spare: (f"{d}/download.jpg", HTML_PAGE),
-    "thumbs_db": lambda d, good_name, good, spare: (f"{d}/Thumbs.db",
-                                                    OLE2_MAGIC + bytes(504)),
-    "ds_store": lambda d, good_name, good, spare: (f"{d}/.DS_Store",
-                                                   DS_STORE_MAGIC + bytes(24)),
-    "macosx_fork": lambda d, good_name, good, spare: (f"__MACOSX/{d}/._{good_name}",
-                                                      APPLEDOUBLE_MAGIC + bytes(58)),
-    "appledouble_in_class": lambda d, good_name, good, spare: (f"{d}/._{good_name}",
-                                                               APPLEDOUBLE_MAGIC + bytes(58)),
+    "thumbs_db": lambda d, good_name, good, spare: (f"{d}/Thumbs.db", OLE2_MAGIC + bytes(504)),
+    "ds_store": lambda d, good_name, good, spare: (f"{d}/.DS_Store", DS_STORE_MAGIC + bytes(24)),
+    "macosx_fork": lambda d, good_name, good, spare: (
+        f"__MACOSX/{d}/._{good_name}",
+        APPLEDOUBLE_MAGIC + bytes(58),
+    ),
+    "appledouble_in_class": lambda d, good_name, good, spare: (
+        f"{d}/._{good_name}",
+        APPLEDOUBLE_MAGIC + bytes(58),
+    ),
     "duplicate": lambda d, good_name, good, spare: (f"{d}/copy of {good_name}", good),
     "too_small": lambda d, good_name, good, spare: (f"{d}/thumbnail.jpg", _tiny(spare)),
 }
@@ -295,13 +332,15 @@ BROKEN: dict[str, Callable[[str, str, bytes, bytes], tuple[str, bytes]]] = {
 
 # ---- the archive ----------------------------------------------------------------------------
 
+
 def _image_rng(seed: int, class_index: int, i: int) -> np.random.Generator:
     # One stream per image: image i is the same whatever per_class or the other classes are.
     return np.random.default_rng([seed, class_index, i])
 
 
-def _good_images(names: list[str], per_class: int, size: int, seed: int,
-                 summary: DemoSummary) -> dict[str, bytes]:
+def _good_images(
+    names: list[str], per_class: int, size: int, seed: int, summary: DemoSummary
+) -> dict[str, bytes]:
     """Every good image, `per_class` per class; the first few in the odd encodings."""
     odd = {(k % len(names), k): kind for k, kind in enumerate(ODD_FORMATS)}
     files = {}
@@ -320,16 +359,23 @@ def _good_images(names: list[str], per_class: int, size: int, seed: int,
     return files
 
 
-def _broken_files(names: list[str], per_class: int, size: int, seed: int,
-                  good: dict[str, bytes], summary: DemoSummary) -> dict[str, bytes]:
+def _broken_files(
+    names: list[str],
+    per_class: int,
+    size: int,
+    seed: int,
+    good: dict[str, bytes],
+    summary: DemoSummary,
+) -> dict[str, bytes]:
     files = {}
     for k, kind in enumerate(BROKEN):
         c = k % len(names)
         # the last good image of the class: always a plain JPEG (odd encodings use the first)
         good_path = f"demo/{names[c]}/{names[c]}_{per_class - 1:04d}.jpg"
         spare = encode_jpeg(render(names[c], _image_rng(seed, c, per_class + k), size), 90)
-        path, data = BROKEN[kind](f"demo/{names[c]}", good_path.rsplit("/", 1)[1],
-                                  good[good_path], spare)
+        path, data = BROKEN[kind](
+            f"demo/{names[c]}", good_path.rsplit("/", 1)[1], good[good_path], spare
+        )
         files[path] = data
         summary.broken[kind] = path
     return files
@@ -351,8 +397,9 @@ def _write_zip(path: Path, files: dict[str, bytes]) -> None:
                 zf.writestr(info, files[name])
 
 
-def build_demo_zip(path: Path, *, classes: int, per_class: int, size: int,
-                   seed: int) -> DemoSummary:
+def build_demo_zip(
+    path: Path, *, classes: int, per_class: int, size: int, seed: int
+) -> DemoSummary:
     """Write the demo zip to `path`; same arguments -> same bytes. Returns what it holds."""
     if not 3 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be 3..{len(CLASS_NAMES)}, got {classes}")

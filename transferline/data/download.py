@@ -10,6 +10,7 @@ file there by hand under the name the error message gives.
 
     python -m stages.download --out data/raw --cache .cache/downloads
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ from transferline.config.params import Archive, Dataset, Download
 from transferline.data.demo import build_demo_zip
 from transferline.outputs.atomic import CHUNK, SOURCES, staged_dir
 
-DEMO_NAME = "demo.zip"     # what a `generate:` entry is written as
+DEMO_NAME = "demo.zip"  # what a `generate:` entry is written as
 # Worth another try: the server may recover (408 timeout, 429 rate limit, any 5xx).
 RETRY_STATUS = {408, 429}
 
@@ -49,17 +50,19 @@ class _Fatal(Exception):
 @dataclass(frozen=True)
 class Fetched:
     """One entry of data/raw: what it is and how this run got it."""
+
     name: str
-    url: Optional[str]      # None for the generated demo
-    sha256: Optional[str]   # of the file; None for a folder
+    url: Optional[str]  # None for the generated demo
+    sha256: Optional[str]  # of the file; None for a folder
     split: Optional[str]
-    how: str                # downloaded | cached | copied | generated (not written to disk)
+    how: str  # downloaded | cached | copied | generated (not written to disk)
 
     def source(self) -> dict:
         return {"name": self.name, "url": self.url, "sha256": self.sha256, "split": self.split}
 
 
 # ---- small file helpers ---------------------------------------------------------------------
+
 
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
@@ -68,12 +71,15 @@ def sha256_file(path: Path) -> str:
 
 # ---- naming and classifying URLs ------------------------------------------------------------
 
+
 def url_name(url: str) -> str:
     """The file name a URL is saved under: its last path segment (query ignored)."""
     segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     if segment in ("", ".", "..", SOURCES) or "/" in segment or "\\" in segment:
-        raise StageError(f"{url}: cannot name the file after the URL's last path segment "
-                         f"{segment!r}; use a URL that ends in the archive's file name")
+        raise StageError(
+            f"{url}: cannot name the file after the URL's last path segment "
+            f"{segment!r}; use a URL that ends in the archive's file name"
+        )
     return segment
 
 
@@ -88,8 +94,10 @@ def local_path(url: str) -> Optional[Path]:
             raise StageError(f"{url}: file:// URLs must name a local file (file:///path/to/x.zip)")
         return Path(url2pathname(parts.path))
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive (C:\data)
-        raise StageError(f"{url}: unsupported URL scheme {scheme!r}; use http://, https://, "
-                         "file:// or a local path")
+        raise StageError(
+            f"{url}: unsupported URL scheme {scheme!r}; use http://, https://, "
+            "file:// or a local path"
+        )
     return Path(url).expanduser()
 
 
@@ -102,6 +110,7 @@ def _target_name(url: str) -> str:
 
 
 # ---- HTTP -----------------------------------------------------------------------------------
+
 
 def _content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     """(start, total) from 'bytes 100-199/200' or 'bytes */200'; None where absent."""
@@ -139,18 +148,27 @@ def _write_body(resp: requests.Response, part: Path, offset: int) -> None:
     length = resp.headers.get("Content-Length")
     expected = int(length) if length and length.isdigit() else None
     written = 0
-    with open(part, "ab" if offset else "wb") as f, \
-            tqdm(total=None if expected is None else offset + expected, initial=offset,
-                 unit="B", unit_scale=True, unit_divisor=1024, desc=part.name[:-5],
-                 file=sys.stderr, disable=None, leave=False) as bar:
+    with (
+        open(part, "ab" if offset else "wb") as f,
+        tqdm(
+            total=None if expected is None else offset + expected,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name[:-5],
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        ) as bar,
+    ):
         # decode_content=False: keep the bytes as served, so the sha256 is of the real file
         for chunk in resp.raw.stream(CHUNK, decode_content=False):
             f.write(chunk)
             written += len(chunk)
             bar.update(len(chunk))
     if expected is not None and written < expected:
-        raise _Transient(f"connection closed after {offset + written} of "
-                         f"{offset + expected} bytes")
+        raise _Transient(f"connection closed after {offset + written} of {offset + expected} bytes")
 
 
 def _connect_failure(exc: requests.ConnectionError) -> Optional[str]:
@@ -179,8 +197,11 @@ def _attempt(session: requests.Session, url: str, part: Path, timeout: float) ->
         if reason:
             raise _Fatal(reason) from None
         raise _Transient(f"connection error: {exc}") from None
-    except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError) as exc:
+    except (
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+    ) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     except requests.exceptions.RequestException as exc:
         raise _Fatal(f"{type(exc).__name__}: {exc}") from None
@@ -195,9 +216,13 @@ def _download(url: str, part: Path, settings: Download) -> None:
                 return _attempt(session, url, part, settings.timeout)
             except _Transient as exc:
                 if attempt == settings.retries:
-                    raise _Fatal(f"gave up after {attempt + 1} attempt(s); last error: {exc}")
-                print(f"{url}: {exc}; retry {attempt + 1}/{settings.retries} in {delay:g} s",
-                      file=sys.stderr)
+                    raise _Fatal(
+                        f"gave up after {attempt + 1} attempt(s); last error: {exc}"
+                    ) from None
+                print(
+                    f"{url}: {exc}; retry {attempt + 1}/{settings.retries} in {delay:g} s",
+                    file=sys.stderr,
+                )
                 time.sleep(delay)
                 delay *= 2
 
@@ -217,13 +242,15 @@ def _cached(target: Path, url: str, sha256: Optional[str]) -> bool:
         return True
     aside = target.with_name(target.name + ".mismatch")
     os.replace(target, aside)
-    print(f"{target}: sha256 {actual} is not the expected {sha256}; moved to {aside.name}, "
-          f"downloading {url} again", file=sys.stderr)
+    print(
+        f"{target}: sha256 {actual} is not the expected {sha256}; moved to {aside.name}, "
+        f"downloading {url} again",
+        file=sys.stderr,
+    )
     return False
 
 
-def fetch_to_cache(url: str, target: Path, *, sha256: Optional[str],
-                   settings: Download) -> bool:
+def fetch_to_cache(url: str, target: Path, *, sha256: Optional[str], settings: Download) -> bool:
     """Make `target` the complete, verified file at `url`. True if it touched the network.
 
     Bytes arrive in `<target>.part` (resumed with a Range request when it exists) and are
@@ -240,31 +267,40 @@ def fetch_to_cache(url: str, target: Path, *, sha256: Optional[str],
     if sha256 is not None and (actual := sha256_file(part)) != sha256:
         aside = target.with_name(target.name + ".mismatch")
         os.replace(part, aside)
-        raise StageError(f"{url}: sha256 mismatch: expected {sha256}, got {actual}. The file "
-                         f"was kept as {aside.resolve()} (never used). If the params value is "
-                         f"stale, fix `sha256:`; otherwise {_help(target)}")
+        raise StageError(
+            f"{url}: sha256 mismatch: expected {sha256}, got {actual}. The file "
+            f"was kept as {aside.resolve()} (never used). If the params value is "
+            f"stale, fix `sha256:`; otherwise {_help(target)}"
+        )
     os.replace(part, target)  # atomic: the final name only ever holds a complete file
     return True
 
 
 # ---- one archive, one dataset ---------------------------------------------------------------
 
+
 def _copy_local(archive: Archive, src: Path, dest: Path) -> Fetched:
     """Copy a local archive file or class-folder tree into `dest`."""
     if not src.exists():
-        raise StageError(f"{archive.url}: local path {src.resolve()} does not exist; fix the "
-                         "`url:` of this archive in params.yaml")
+        raise StageError(
+            f"{archive.url}: local path {src.resolve()} does not exist; fix the "
+            "`url:` of this archive in params.yaml"
+        )
     name = src.resolve().name
     if src.is_dir():
         if archive.sha256 is not None:
-            raise StageError(f"{archive.url}: is a folder, which has no sha256; remove "
-                             "`sha256:` from this archive in params.yaml")
+            raise StageError(
+                f"{archive.url}: is a folder, which has no sha256; remove "
+                "`sha256:` from this archive in params.yaml"
+            )
         shutil.copytree(src, dest / name)
         return Fetched(name, archive.url, None, archive.split, "copied")
     actual = sha256_file(src)
     if archive.sha256 is not None and actual != archive.sha256:
-        raise StageError(f"{archive.url}: sha256 mismatch: expected {archive.sha256}, got "
-                         f"{actual}; fix `sha256:` or the file")
+        raise StageError(
+            f"{archive.url}: sha256 mismatch: expected {archive.sha256}, got "
+            f"{actual}; fix `sha256:` or the file"
+        )
     shutil.copyfile(src, dest / name)
     return Fetched(name, archive.url, actual, archive.split, "copied")
 
@@ -275,8 +311,7 @@ def fetch_archive(archive: Archive, dest: Path, cache: Path, settings: Download)
     if src is not None:
         return _copy_local(archive, src, dest)
     name = url_name(archive.url)
-    fetched = fetch_to_cache(archive.url, cache / name, sha256=archive.sha256,
-                             settings=settings)
+    fetched = fetch_to_cache(archive.url, cache / name, sha256=archive.sha256, settings=settings)
     shutil.copyfile(cache / name, dest / name)
     sha = archive.sha256 or sha256_file(dest / name)
     return Fetched(name, archive.url, sha, archive.split, "downloaded" if fetched else "cached")
@@ -286,12 +321,15 @@ def _check_names(archives: list[Archive]) -> None:
     names = [_target_name(a.url) for a in archives]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise StageError(f"two archives would both be saved as {dupes[0]!r}; every archive "
-                         "of a dataset needs a distinct file name")
+        raise StageError(
+            f"two archives would both be saved as {dupes[0]!r}; every archive "
+            "of a dataset needs a distinct file name"
+        )
 
 
-def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Download,
-                     seed: int) -> list[Fetched]:
+def download_dataset(
+    dataset: Dataset, out: Path, cache: Path, settings: Download, seed: int
+) -> list[Fetched]:
     """Fill `out` with the dataset's archives + sources.json; returns what was done.
 
     Built in a sibling temporary folder and renamed over `out` at the end, so an error or an
@@ -300,8 +338,13 @@ def download_dataset(dataset: Dataset, out: Path, cache: Path, settings: Downloa
     with staged_dir(out) as tmp:
         if dataset.generate is not None:
             gen = dataset.generate
-            build_demo_zip(tmp / DEMO_NAME, classes=gen.classes, per_class=gen.per_class,
-                           size=gen.size, seed=seed)
+            build_demo_zip(
+                tmp / DEMO_NAME,
+                classes=gen.classes,
+                per_class=gen.per_class,
+                size=gen.size,
+                seed=seed,
+            )
             fetched = [Fetched(DEMO_NAME, None, sha256_file(tmp / DEMO_NAME), None, "generated")]
         else:
             _check_names(dataset.archives)

@@ -18,6 +18,7 @@ turns them into one folder named after the format, `<format>/<split>/<class>/<im
 
     python -m stages.extract --raw data/raw --out data/extracted
 """
+
 from __future__ import annotations
 
 import json
@@ -41,26 +42,39 @@ from transferline.data.formats import CONVERTERS
 from transferline.outputs.atomic import CHUNK, SOURCES, remove, staged_dir
 
 # Longest first, so `x.tar.gz` loses `.tar.gz`, not just `.gz`.
-ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar",
-                    ".zip")
+ARCHIVE_SUFFIXES = (
+    ".tar.gz",
+    ".tar.bz2",
+    ".tar.xz",
+    ".tgz",
+    ".tbz2",
+    ".tbz",
+    ".txz",
+    ".tar",
+    ".zip",
+)
 PROGRESS = dict(leave=False, disable=None, file=sys.stderr)  # a bar on a terminal only
-SKIP_DIRS = {"__MACOSX"}    # macOS resource forks: never images
+SKIP_DIRS = {"__MACOSX"}  # macOS resource forks: never images
 SKIP_FILES = {".DS_Store"}  # macOS Finder metadata
 CORRUPT = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError)
-REFETCH = ("if it was downloaded, delete its copy in the download cache (.cache/downloads) "
-           "and run the pipeline again")
+REFETCH = (
+    "if it was downloaded, delete its copy in the download cache (.cache/downloads) "
+    "and run the pipeline again"
+)
 
 
 @dataclass(frozen=True)
 class Extracted:
     """One folder of data/extracted and what went into it."""
+
     dir: str
     split: Optional[str]
-    files: int   # regular files written
-    bytes: int   # their total size
+    files: int  # regular files written
+    bytes: int  # their total size
 
 
 # ---- shared by zip and tar ------------------------------------------------------------------
+
 
 def unsafe_reason(name: str) -> Optional[str]:
     """Why a member name could write outside the extraction folder; None if it cannot."""
@@ -79,13 +93,19 @@ def skipped(name: str) -> bool:
 
 
 def _refuse(archive: Path, member: str, reason: str) -> StageError:
-    return StageError(f"{archive}: member {member!r}: {reason}. Refusing to extract this "
-                      "archive; nothing was written.")
+    return StageError(
+        f"{archive}: member {member!r}: {reason}. Refusing to extract this "
+        "archive; nothing was written."
+    )
 
 
 def _limit(archive: Path, member: str, what: str, key: str) -> StageError:
-    return _refuse(archive, member, f"{what}, over `extract.{key}` (a decompression bomb?); "
-                   f"if you trust this archive, raise `extract.{key}` in params.yaml")
+    return _refuse(
+        archive,
+        member,
+        f"{what}, over `extract.{key}` (a decompression bomb?); "
+        f"if you trust this archive, raise `extract.{key}` in params.yaml",
+    )
 
 
 class _Budget:
@@ -103,11 +123,13 @@ class _Budget:
     def add(self, name: str, nbytes: int) -> None:
         self.bytes += nbytes
         if self.bytes > self.limits.max_total_bytes:
-            raise _limit(self.archive, name, f"unpacked size reaches {self.bytes} bytes",
-                         "max_total_bytes")
+            raise _limit(
+                self.archive, name, f"unpacked size reaches {self.bytes} bytes", "max_total_bytes"
+            )
 
 
 # ---- zip ------------------------------------------------------------------------------------
+
 
 def _zip_check(archive: Path, info: zipfile.ZipInfo, limits: Extract) -> None:
     """Refuse a member by its header: name, type, declared expansion ratio."""
@@ -122,8 +144,12 @@ def _zip_check(archive: Path, info: zipfile.ZipInfo, limits: Extract) -> None:
     if reason:
         raise _refuse(archive, info.filename, reason)
     if info.file_size > limits.max_ratio * max(info.compress_size, 1):
-        raise _limit(archive, info.filename, f"declares {info.file_size} bytes from "
-                     f"{info.compress_size} compressed", "max_ratio")
+        raise _limit(
+            archive,
+            info.filename,
+            f"declares {info.file_size} bytes from {info.compress_size} compressed",
+            "max_ratio",
+        )
 
 
 def _zip_plan(archive: Path, zf: zipfile.ZipFile, limits: Extract) -> list[zipfile.ZipInfo]:
@@ -139,8 +165,9 @@ def _zip_plan(archive: Path, zf: zipfile.ZipFile, limits: Extract) -> list[zipfi
     return keep
 
 
-def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget,
-                 limits: Extract) -> None:
+def _copy_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget, limits: Extract
+) -> None:
     """Copy one member, counting the bytes really written (headers can lie)."""
     written = 0
     cap = limits.max_ratio * max(info.compress_size, 1)
@@ -149,8 +176,12 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
             written += len(chunk)
             budget.add(info.filename, len(chunk))
             if written > cap:
-                raise _limit(budget.archive, info.filename, f"expands past {written} bytes from "
-                             f"{info.compress_size} compressed", "max_ratio")
+                raise _limit(
+                    budget.archive,
+                    info.filename,
+                    f"expands past {written} bytes from {info.compress_size} compressed",
+                    "max_ratio",
+                )
             dst.write(chunk)
 
 
@@ -181,6 +212,7 @@ def extract_zip(archive: Path, dest: Path, limits: Extract) -> _Budget:
 
 # ---- tar ------------------------------------------------------------------------------------
 
+
 def _tar_reason(member: tarfile.TarInfo, files: set[str]) -> Optional[str]:
     """Why a tar member is refused beyond its name; `files` = regular members seen so far."""
     if member.issym():
@@ -195,8 +227,9 @@ def _tar_reason(member: tarfile.TarInfo, files: set[str]) -> Optional[str]:
     return None
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile, limits: Extract,
-                 budget: _Budget) -> Iterator[tarfile.TarInfo]:
+def _tar_members(
+    archive: Path, tf: tarfile.TarFile, limits: Extract, budget: _Budget
+) -> Iterator[tarfile.TarInfo]:
     """Yield the members to extract, refusing the archive at the first unsafe one."""
     packed = max(archive.stat().st_size, 1)  # tar members share one compressed stream
     files: set[str] = set()
@@ -212,8 +245,12 @@ def _tar_members(archive: Path, tf: tarfile.TarFile, limits: Extract,
             budget.files += 1
             files.add(member.name)
             if budget.bytes > limits.max_ratio * packed:
-                raise _limit(archive, member.name, f"the archive expands past {budget.bytes} "
-                             f"bytes from {packed}", "max_ratio")
+                raise _limit(
+                    archive,
+                    member.name,
+                    f"the archive expands past {budget.bytes} bytes from {packed}",
+                    "max_ratio",
+                )
         yield member
 
 
@@ -226,20 +263,26 @@ def extract_tar(archive: Path, dest: Path, limits: Extract) -> _Budget:
     with tarfile.open(archive, "r:*") as tf:
         tf.errorlevel = 1  # filter refusals and OS errors raise instead of being logged
         try:
-            members = tqdm(_tar_members(archive, tf, limits, budget), desc=archive.name,
-                           unit="entry", **PROGRESS)
+            members = tqdm(
+                _tar_members(archive, tf, limits, budget),
+                desc=archive.name,
+                unit="entry",
+                **PROGRESS,
+            )
             tf.extractall(dest, members=members, filter="data")
         except tarfile.FilterError as exc:
             raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
         except CORRUPT + (OSError,) as exc:
             if disk_error(exc):
                 raise  # the output's file system, not the archive: staged_dir names it
-            raise StageError(f"{archive}: corrupt or truncated tar archive ({exc}); "
-                             f"{REFETCH}") from None
+            raise StageError(
+                f"{archive}: corrupt or truncated tar archive ({exc}); {REFETCH}"
+            ) from None
     return budget
 
 
 # ---- sources --------------------------------------------------------------------------------
+
 
 def dir_name(name: str) -> str:
     """Folder an archive unpacks into: its name without the archive extension."""
@@ -264,7 +307,7 @@ def _copy_folder(src: Path, dest: Path) -> Extracted:
 
 
 def archive_kind(src: Path) -> Optional[str]:
-    """"zip", "tar" (plain or compressed) or None for another file, judged by content."""
+    """ "zip", "tar" (plain or compressed) or None for another file, judged by content."""
     try:
         if zipfile.is_zipfile(src):
             return "zip"
@@ -280,9 +323,11 @@ def extract_source(src: Path, dest: Path, limits: Extract) -> Extracted:
     done = _copy_folder(src, dest) if src.is_dir() else _unpack(src, dest, limits)
     if done.files == 0:
         # refused here: clean and split would otherwise fail later with advice that cannot help
-        raise StageError(f"{src}: holds no files (nothing, or only folders, __MACOSX/ and "
-                         ".DS_Store entries); point the dataset's `url:` in params.yaml at the "
-                         f"archive or folder of images, or {REFETCH}")
+        raise StageError(
+            f"{src}: holds no files (nothing, or only folders, __MACOSX/ and "
+            ".DS_Store entries); point the dataset's `url:` in params.yaml at the "
+            f"archive or folder of images, or {REFETCH}"
+        )
     return done
 
 
@@ -291,9 +336,11 @@ def _unpack(src: Path, dest: Path, limits: Extract) -> Extracted:
     kind = archive_kind(src)
     dest.mkdir()
     if kind is None:
-        raise StageError(f"{src}: neither a zip nor a tar archive (checked by content: another "
-                         "format, or a truncated file); point the dataset's `url:` at a "
-                         f".zip/.tar(.gz/.bz2/.xz) or a folder, or {REFETCH}")
+        raise StageError(
+            f"{src}: neither a zip nor a tar archive (checked by content: another "
+            "format, or a truncated file); point the dataset's `url:` at a "
+            f".zip/.tar(.gz/.bz2/.xz) or a folder, or {REFETCH}"
+        )
     try:
         done = {"zip": extract_zip, "tar": extract_tar}[kind](src, dest, limits)
     except CORRUPT as exc:
@@ -306,8 +353,9 @@ def read_sources(raw: Path) -> list[dict]:
     try:
         sources = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise StageError(f"{path} not found; run the download stage first "
-                         "(dvc repro download)") from None
+        raise StageError(
+            f"{path} not found; run the download stage first (dvc repro download)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise StageError(f"{path}: not valid JSON ({exc}); re-run the download stage") from None
     for entry in sources:
@@ -321,17 +369,22 @@ def source_format(sources: list[dict], raw: Path) -> Optional[str]:
     """The `format` all sources share (None: class folders); StageError if unknown or mixed."""
     formats = {entry.get("format") for entry in sources}
     if len(formats) > 1:
-        raise StageError(f"{raw / SOURCES}: sources disagree on `format` "
-                         f"({sorted(map(str, formats))}); re-run the download stage")
+        raise StageError(
+            f"{raw / SOURCES}: sources disagree on `format` "
+            f"({sorted(map(str, formats))}); re-run the download stage"
+        )
     fmt = formats.pop() if formats else None
     if fmt is not None and fmt not in CONVERTERS:
-        raise StageError(f"{raw / SOURCES}: unknown format {fmt!r}, not one of "
-                         f"{sorted(CONVERTERS)}; re-run the download stage")
+        raise StageError(
+            f"{raw / SOURCES}: unknown format {fmt!r}, not one of "
+            f"{sorted(CONVERTERS)}; re-run the download stage"
+        )
     return fmt
 
 
-def convert_sources(raw: Path, sources: list[dict], fmt: str, dest: Path,
-                    limits: Extract) -> Extracted:
+def convert_sources(
+    raw: Path, sources: list[dict], fmt: str, dest: Path, limits: Extract
+) -> Extracted:
     """Unpack a `format:` dataset's archives (other files as they are) into a work folder beside
     `dest`, convert them into `dest` with CONVERTERS[fmt], then drop the work folder."""
     work = dest.with_name(f".{dest.name}.unpacked")
@@ -355,12 +408,15 @@ def convert_sources(raw: Path, sources: list[dict], fmt: str, dest: Path,
 
 # ---- the stage ------------------------------------------------------------------------------
 
+
 def _unique_dirs(sources: list[dict], raw: Path) -> list[str]:
     dirs = [e["name"] if (raw / e["name"]).is_dir() else dir_name(e["name"]) for e in sources]
     for d in dirs:
         if dirs.count(d) > 1 or d == SOURCES:
-            raise StageError(f"{raw / SOURCES}: two sources would unpack into {d!r}; give the "
-                             "archives distinct names")
+            raise StageError(
+                f"{raw / SOURCES}: two sources would unpack into {d!r}; give the "
+                "archives distinct names"
+            )
     return dirs
 
 

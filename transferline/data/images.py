@@ -9,6 +9,7 @@ RGB (transparency on white), downscaled with INTER_AREA, JPEG-encoded at `clean.
 decoded again with `transforms.decode`, the one decoder training uses too. The checks and reasons
 are described in transferline/data/clean.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,26 +29,40 @@ from transferline.config.params import Clean
 if TYPE_CHECKING:  # annotations only: clean's processes never import torch
     import torch
 
-REASONS = ("empty", "not_image", "undecodable", "truncated", "too_small", "too_many_pixels",
-           "duplicate")
+REASONS = (
+    "empty",
+    "not_image",
+    "undecodable",
+    "truncated",
+    "too_small",
+    "too_many_pixels",
+    "duplicate",
+)
 # Pillow format names of the raster formats photos arrive in (MPO: camera JPEG with extra frames)
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM", "AVIF")
 # header prefix -> format, to tell a damaged image (undecodable/truncated) from a non-image
-MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
-         (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What one file became: a normalised JPEG (`jpeg` set) or a rejection reason."""
+
     sha256: str
     reason: Optional[str] = None
     detail: str = ""
     jpeg: Optional[bytes] = None
     width: int = 0
     height: int = 0
-
 
 
 def jpeg_complete(data: bytes) -> bool:
@@ -72,7 +87,7 @@ def jpeg_complete(data: bytes) -> bool:
             continue
         if i + 3 >= n:
             return False
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
         if marker != 0xDA:  # not start-of-scan: the segment length covered it
             continue
         while True:  # entropy-coded data: find the next real marker
@@ -109,12 +124,17 @@ def _identify(data: bytes, max_pixels: int) -> tuple[Optional[Image.Image], Opti
             return None, ("truncated", "JPEG data ends before the end-of-image marker")
         return None, ("undecodable", f"{magic} header unreadable: {_clean_message(exc)}")
     if im.format not in ACCEPTED_FORMATS:
-        return None, ("not_image", f"{im.format} file ({im.format_description}): not an "
-                                   f"accepted image format ({', '.join(ACCEPTED_FORMATS)})")
+        return None, (
+            "not_image",
+            f"{im.format} file ({im.format_description}): not an "
+            f"accepted image format ({', '.join(ACCEPTED_FORMATS)})",
+        )
     w, h = im.size
     if w * h > max_pixels:
-        return None, ("too_many_pixels", f"{w}x{h} = {w * h} pixels > clean.max_pixels "
-                                         f"{max_pixels}")
+        return None, (
+            "too_many_pixels",
+            f"{w}x{h} = {w * h} pixels > clean.max_pixels {max_pixels}",
+        )
     return im, None
 
 
@@ -137,8 +157,11 @@ def _reduce_flag(im: Image.Image, max_short_side: int) -> int:
     if im.format not in ("JPEG", "MPO"):
         return cv2.IMREAD_COLOR
     short = min(im.size)
-    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+    for factor, flag in (
+        (8, cv2.IMREAD_REDUCED_COLOR_8),
+        (4, cv2.IMREAD_REDUCED_COLOR_4),
+        (2, cv2.IMREAD_REDUCED_COLOR_2),
+    ):
         if short // factor >= max_short_side:
             return flag
     return cv2.IMREAD_COLOR
@@ -158,8 +181,7 @@ def _decode(data: bytes, im: Image.Image, params: Clean) -> tuple[Optional[np.nd
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
         if "truncated" in str(exc):
             return None, ("truncated", _clean_message(exc))
-        return None, ("undecodable",
-                      f"OpenCV and Pillow cannot decode it ({_clean_message(exc)})")
+        return None, ("undecodable", f"OpenCV and Pillow cannot decode it ({_clean_message(exc)})")
 
 
 def _normalise(bgr: np.ndarray, params: Clean) -> tuple[bytes, int, int]:
@@ -189,8 +211,9 @@ def judge_bytes(data: bytes, params: Clean) -> Outcome:
     if rejection:
         return Outcome(sha, *rejection)
     if min(size) < params.min_side:
-        return Outcome(sha, "too_small", f"{size[0]}x{size[1]} has a side < clean.min_side "
-                                         f"{params.min_side}")
+        return Outcome(
+            sha, "too_small", f"{size[0]}x{size[1]} has a side < clean.min_side {params.min_side}"
+        )
     jpeg, w, h = _normalise(bgr, params)
     return Outcome(sha, jpeg=jpeg, width=w, height=h)
 
@@ -215,6 +238,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     and its worker processes use this module and should not pay torch's import time and memory
     in every process."""
     import torch
+
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 

@@ -23,6 +23,7 @@ Rules:
 - Labels: the classes of all rows in natural sort order (`1`, `2`, ..., `10`; `img2` before
   `img10`); label = index in classes.json.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,18 +64,23 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise StageError(f"{path}: missing column(s) {missing}; expected "
-                             "path,class,split,source,width,height,sha256 (re-run clean)")
+            raise StageError(
+                f"{path}: missing column(s) {missing}; expected "
+                "path,class,split,source,width,height,sha256 (re-run clean)"
+            )
         rows = list(reader)
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         if not (row["path"] and row["class"] and row["sha256"]):
             raise StageError(f"{path}:{line}: empty path, class or sha256; re-run clean")
         if row["split"] not in ("", *SPLITS):
-            raise StageError(f"{path}:{line}: split {row['split']!r} is not one of "
-                             f"train, val, test or empty")
+            raise StageError(
+                f"{path}:{line}: split {row['split']!r} is not one of train, val, test or empty"
+            )
     if not rows:
-        raise StageError(f"{path}: no images listed; check that the dataset holds class folders "
-                         "of decodable images (see reports/rejected.csv for what clean dropped)")
+        raise StageError(
+            f"{path}: no images listed; check that the dataset holds class folders "
+            "of decodable images (see reports/rejected.csv for what clean dropped)"
+        )
     return rows
 
 
@@ -91,13 +97,19 @@ def _shipped_split(sha: str, group: list[dict[str, str]]) -> str:
     shipped = {row["split"] or "train" for row in group}
     dest = max(shipped, key=HELD_OUT_RANK.__getitem__)
     if len(shipped) > 1:
-        print(f"warning: {len(group)} copies of one image (sha256 {sha[:16]}) ship in "
-              f"{sorted(shipped, key=HELD_OUT_RANK.__getitem__)}; all go to {dest}: "
-              + ", ".join(r["path"] for r in group), file=sys.stderr)
+        print(
+            f"warning: {len(group)} copies of one image (sha256 {sha[:16]}) ship in "
+            f"{sorted(shipped, key=HELD_OUT_RANK.__getitem__)}; all go to {dest}: "
+            + ", ".join(r["path"] for r in group),
+            file=sys.stderr,
+        )
     if len({row["class"] for row in group}) > 1:
-        print(f"warning: copies of one image (sha256 {sha[:16]}) are labelled with different "
-              "classes; kept as labelled, placed by the first path: "
-              + ", ".join(f"{r['path']} ({r['class']})" for r in group), file=sys.stderr)
+        print(
+            f"warning: copies of one image (sha256 {sha[:16]}) are labelled with different "
+            "classes; kept as labelled, placed by the first path: "
+            + ", ".join(f"{r['path']} ({r['class']})" for r in group),
+            file=sys.stderr,
+        )
     return dest
 
 
@@ -117,11 +129,13 @@ def _too_few(cls: str, n_pool: int, n_total: int, carve: dict[str, float]) -> St
     return StageError(
         f"class {cls!r} has {n_pool} distinct image(s) for train ({n_total} in the manifest); "
         f"it needs at least {len(needed)}, one each for {', '.join(needed)}. Add images of "
-        f"{cls!r}, or remove its folder from the dataset")
+        f"{cls!r}, or remove its folder from the dataset"
+    )
 
 
-def _carve(pool: dict[str, list[str]], carve: dict[str, float], seed: int,
-           totals: Counter) -> dict[str, str]:
+def _carve(
+    pool: dict[str, list[str]], carve: dict[str, float], seed: int, totals: Counter
+) -> dict[str, str]:
     """Destination split of every train-pool group: {sha256: split}. `pool` maps class -> the
     class's group keys (sorted); `carve` maps split name -> fraction of the pool to move there."""
     dest: dict[str, str] = {}
@@ -133,7 +147,7 @@ def _carve(pool: dict[str, list[str]], carve: dict[str, float], seed: int,
         order = [shas[i] for i in rng.permutation(len(shas))]
         start = 0
         for name in sorted(counts, key=HELD_OUT_RANK.__getitem__, reverse=True):  # test, val
-            for sha in order[start:start + counts[name]]:
+            for sha in order[start : start + counts[name]]:
                 dest[sha] = name
             start += counts[name]
         for sha in order[start:]:
@@ -149,22 +163,29 @@ def _fractions_to_carve(placed: dict[str, str], split_params: Any) -> dict[str, 
             continue
         frac = getattr(split_params, name)
         if frac <= 0:
-            raise StageError(f"split.{name} is {frac} but the dataset ships no {name} split, so "
-                             f"{name} would be empty; set split.{name} in params.yaml (e.g. 0.15)")
+            raise StageError(
+                f"split.{name} is {frac} but the dataset ships no {name} split, so "
+                f"{name} would be empty; set split.{name} in params.yaml (e.g. 0.15)"
+            )
         carve[name] = frac
     return carve
 
 
-def assign_splits(rows: list[dict[str, str]], seed: int, split_params: Any,
-                  ) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
+def assign_splits(
+    rows: list[dict[str, str]],
+    seed: int,
+    split_params: Any,
+) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
     """(classes in natural order, {split: rows}) following the rules in the module docstring."""
     totals = Counter(row["class"] for row in rows)
     classes = sorted(totals, key=natural_key)
     if len(classes) < 2:
-        raise StageError(f"only one class ({classes[0]!r}, {totals[classes[0]]} images) in the "
-                         "manifest; classification needs at least two. Check the dataset's "
-                         "layout: class folders directly inside the dataset (or its split "
-                         "folders)")
+        raise StageError(
+            f"only one class ({classes[0]!r}, {totals[classes[0]]} images) in the "
+            "manifest; classification needs at least two. Check the dataset's "
+            "layout: class folders directly inside the dataset (or its split "
+            "folders)"
+        )
     groups = group_copies(rows)
     placed = {sha: _shipped_split(sha, group) for sha, group in groups.items()}
     carve = _fractions_to_carve(placed, split_params)
@@ -198,8 +219,13 @@ def _write_csv(path: Path, rows: Iterable[dict[str, str]], label: dict[str, int]
             writer.writerow([row["path"], label[row["class"]], row["class"]])
 
 
-def write_outputs(out_dir: Path, metrics_path: Path, classes: list[str],
-                  by_split: dict[str, list[dict[str, str]]], metrics: dict) -> None:
+def write_outputs(
+    out_dir: Path,
+    metrics_path: Path,
+    classes: list[str],
+    by_split: dict[str, list[dict[str, str]]],
+    metrics: dict,
+) -> None:
     with staged_dir(out_dir) as tmp:
         (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
         label = {cls: i for i, cls in enumerate(classes)}
@@ -208,8 +234,9 @@ def write_outputs(out_dir: Path, metrics_path: Path, classes: list[str],
     write_json(metrics_path, metrics)
 
 
-def split_dataset(clean_dir: Path, out_dir: Path, metrics_path: Path, *, seed: int,
-                  split_params: Any) -> dict:
+def split_dataset(
+    clean_dir: Path, out_dir: Path, metrics_path: Path, *, seed: int, split_params: Any
+) -> dict:
     """Write the split for `clean_dir`'s manifest; returns the metrics (counts per split/class).
     `split_params` has `.val` and `.test` fractions (the validated `split` section)."""
     clean_dir, out_dir, metrics_path = Path(clean_dir), Path(out_dir), Path(metrics_path)

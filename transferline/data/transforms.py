@@ -5,6 +5,7 @@ transforms.v2, so a figure in the report shows exactly what the network was fed.
 first on uint8 (cheap, and crops shrink the work for what follows); conversion to float and
 normalisation come last.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-def train_transform(*, image_size: int, augment, mean: Sequence[float],
-                    std: Sequence[float]) -> v2.Compose:
+def train_transform(
+    *, image_size: int, augment, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     """Random crop/flip/rotation/colour jitter per `augment` (params.Augment), then normalise.
 
     crop_scale == [1, 1] means no crop augmentation: the shorter side is resized to image_size
@@ -64,11 +66,12 @@ def train_transform(*, image_size: int, augment, mean: Sequence[float],
     return v2.Compose(steps + _normalize(mean, std))
 
 
-def eval_transform(*, image_size: int, mean: Sequence[float],
-                   std: Sequence[float]) -> v2.Compose:
+def eval_transform(*, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Resize the shorter side to resize_size(image_size), centre-crop, normalise."""
-    return v2.Compose([v2.Resize(resize_size(image_size), antialias=True),
-                       v2.CenterCrop(image_size)] + _normalize(mean, std))
+    return v2.Compose(
+        [v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size)]
+        + _normalize(mean, std)
+    )
 
 
 class _TTA:
@@ -84,12 +87,13 @@ class _TTA:
         self.normalize = v2.Compose(_normalize(mean, std))
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        views = self.crops(self.resize(img))      # tuple of V (3, H, W) uint8
+        views = self.crops(self.resize(img))  # tuple of V (3, H, W) uint8
         return self.normalize(torch.stack(views))  # (V, 3, H, W) float32
 
 
-def tta_transform(*, image_size: int, mean: Sequence[float], std: Sequence[float],
-                  flip: bool) -> _TTA:
+def tta_transform(
+    *, image_size: int, mean: Sequence[float], std: Sequence[float], flip: bool
+) -> _TTA:
     """Callable: uint8 (3, H, W) -> (V, 3, image_size, image_size), V = 10 with flip, else 5."""
     return _TTA(image_size, mean, std, flip)
 

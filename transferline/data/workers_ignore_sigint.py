@@ -8,6 +8,7 @@ KeyboardInterrupt and prints a traceback. The forkserver records the handlers it
 after importing its preloads and gives them to each child it forks, so ignoring SIGINT here,
 at import, closes that window.
 """
+
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -10,6 +10,7 @@ Every rank draws the same seeded order and per-sample seeds and takes its own sl
 batch `train.batch_size` split evenly, the ranks' batches together are the one-process batches.
 Losses and counts are summed across ranks; rank 0 alone writes files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,9 @@ from transferline.config.errors import StageError
 
 @dataclass(frozen=True)
 class World:
-    rank: int = 0          # this process among all (0 writes the outputs)
-    local_rank: int = 0    # this process on its machine (picks the GPU)
-    size: int = 1          # processes in all
+    rank: int = 0  # this process among all (0 writes the outputs)
+    local_rank: int = 0  # this process on its machine (picks the GPU)
+    size: int = 1  # processes in all
 
     @property
     def main(self) -> bool:
@@ -39,8 +40,9 @@ class World:
 def world() -> World:
     """This process's place, from the variables torchrun sets (one process without them)."""
     env = os.environ
-    return World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
-                 int(env.get("WORLD_SIZE", 1)))
+    return World(
+        int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    )
 
 
 def launched() -> bool:
@@ -52,15 +54,20 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> None:
     a failure of any of them ends all of them and becomes one clear error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
-                                         "--module", module, *argv])
+
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--module", module, *argv]
+    )
     try:
         run(args)
     except ChildFailedError as exc:
-        ranks = ", ".join(f"rank {r} (exit code {f.exitcode})"
-                          for r, f in sorted(exc.failures.items()))
-        raise StageError(f"{module}: {ranks} of {nproc} processes failed; their messages are "
-                         "above. No output was written (rank 0 writes only at the end)") from None
+        ranks = ", ".join(
+            f"rank {r} (exit code {f.exitcode})" for r, f in sorted(exc.failures.items())
+        )
+        raise StageError(
+            f"{module}: {ranks} of {nproc} processes failed; their messages are "
+            "above. No output was written (rank 0 writes only at the end)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -109,7 +116,7 @@ def gather_rows(x: torch.Tensor, total: int) -> torch.Tensor:
     size = dist.get_world_size()
     per = -(-total // size)  # ceil: all_gather wants equal shapes, so pad the short shards
     padded = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[:len(x)] = x
+    padded[: len(x)] = x
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return torch.stack(parts, dim=1).flatten(0, 1)[:total]  # row j*W + r = parts[r][j]

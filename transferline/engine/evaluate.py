@@ -12,6 +12,7 @@ plot, so the metrics stay a handful of columns at 100 classes) and `plots/confus
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
         --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,8 +45,10 @@ DECIMALS = seeds.DECIMALS  # metrics are rounded: float noise must not show in a
 
 # ---- metrics from arrays (no model, no files) -----------------------------------------------
 
-def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int,
-           top_k: int | None = None) -> dict[str, float]:
+
+def scores(
+    probs: np.ndarray, labels: np.ndarray, num_classes: int, top_k: int | None = None
+) -> dict[str, float]:
     """Summary scores of (N, C) class probabilities against (N,) integer labels.
 
     `top_k_accuracy` is added only when `top_k` is given and there are more classes than k
@@ -63,22 +66,31 @@ def scores(probs: np.ndarray, labels: np.ndarray, num_classes: int,
     return {key: float(value) for key, value in out.items()}
 
 
-def per_class(preds: np.ndarray, labels: np.ndarray,
-              classes: Sequence[str]) -> dict[str, dict[str, float | int]]:
+def per_class(
+    preds: np.ndarray, labels: np.ndarray, classes: Sequence[str]
+) -> dict[str, dict[str, float | int]]:
     """precision/recall/f1/support per class name; a class never predicted scores 0, not NaN."""
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=list(range(len(classes))), zero_division=0)
-    return {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
-            for i, name in enumerate(classes)}
+        labels, preds, labels=list(range(len(classes))), zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
 
 
 # metrics whose spread over train.seeds runs is written under `std`
 SPREAD = ("accuracy", "balanced_accuracy", "macro_f1", "tta.accuracy")
 
 
-def compute_metrics(probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray,
-                    classes: Sequence[str], top_k: int) -> dict[str, Any]:
+def compute_metrics(
+    probs: np.ndarray, tta_probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], top_k: int
+) -> dict[str, Any]:
     """The metrics file's content: single-crop scores at the top level, TTA under `tta`,
     per-class single-crop scores under `per_class`; floats rounded to DECIMALS."""
     labels = np.asarray(labels)
@@ -95,11 +107,14 @@ def _run_states(ckpt: dict) -> list[dict]:
     return [ckpt["state_dict"]] + [run["state_dict"] for run in ckpt.get("runs", [])]
 
 
-def confusion_records(preds: Sequence[int], labels: Sequence[int], paths: Sequence[str],
-                      classes: Sequence[str]) -> list[dict[str, str]]:
+def confusion_records(
+    preds: Sequence[int], labels: Sequence[int], paths: Sequence[str], classes: Sequence[str]
+) -> list[dict[str, str]]:
     """One record per image with class names (not indices), sorted by path."""
-    records = [{"actual": classes[int(y)], "predicted": classes[int(p)], "path": str(path)}
-               for p, y, path in zip(preds, labels, paths, strict=True)]
+    records = [
+        {"actual": classes[int(y)], "predicted": classes[int(p)], "path": str(path)}
+        for p, y, path in zip(preds, labels, paths, strict=True)
+    ]
     return sorted(records, key=lambda r: r["path"])
 
 
@@ -113,27 +128,33 @@ def _rounded(obj: Any) -> Any:
 
 # ---- inputs ---------------------------------------------------------------------------------
 
+
 def _load_model(model_path: Path, split_dir: Path, rt: runtime.Runtime):
     """Checkpoint -> (model on device, checkpoint, class names), refusing a stale model whose
     classes are not data/split's."""
     if not model_path.is_file():
-        raise StageError(f"{model_path}: model file not found; train it first "
-                         f"(dvc repro train@{model_path.stem})")
+        raise StageError(
+            f"{model_path}: model file not found; train it first "
+            f"(dvc repro train@{model_path.stem})"
+        )
     classes = list(data.read_classes(split_dir))
     model, ckpt = models.load_checkpoint(model_path, map_location="cpu")
     if list(ckpt["classes"]) != classes:
         raise StageError(
             f"{model_path} was trained on classes {list(ckpt['classes'])} but "
             f"{split_dir / 'classes.json'} lists {classes}; the model is stale, re-run "
-            f"training (dvc repro train@{model_path.stem})")
+            f"training (dvc repro train@{model_path.stem})"
+        )
     return rt.place(model).eval(), ckpt, classes
 
 
 def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
     rows = data.read_rows(split_dir, "test")
     if not rows:
-        raise StageError(f"{split_dir / 'test.csv'}: the test split is empty; nothing to "
-                         "evaluate (raise split.test in params.yaml or add test images)")
+        raise StageError(
+            f"{split_dir / 'test.csv'}: the test split is empty; nothing to "
+            "evaluate (raise split.test in params.yaml or add test images)"
+        )
     return rows
 
 
@@ -141,30 +162,62 @@ def _test_rows(split_dir: Path) -> list[tuple[str, int]]:
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def evaluate(*, model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
-             confusion_path: Path, settings: Evaluate, seed: int, threads: int,
-             workers: int = 0, rt: runtime.Runtime | None = None,
-             per_class_path: Path | None = None) -> dict[str, Any]:
+
+def evaluate(
+    *,
+    model_path: Path,
+    clean_dir: Path,
+    split_dir: Path,
+    metrics_path: Path,
+    confusion_path: Path,
+    settings: Evaluate,
+    seed: int,
+    threads: int,
+    workers: int = 0,
+    rt: runtime.Runtime | None = None,
+    per_class_path: Path | None = None,
+) -> dict[str, Any]:
     """Score `model_path` on data/split's test rows; write the metrics, confusion and (when
-    given) per-class files and return the metrics dict (with `per_class`). `workers` only changes speed, never the output. `rt` (default:
-    CPU, fp32) is where and how the model runs; runtime.device/precision/... in the stage."""
+    given) per-class files and return the metrics dict (with `per_class`). `workers` only changes
+    speed, never the output. `rt` (default: CPU, fp32) is where and how the model runs;
+    runtime.device/precision/... in the stage."""
     rt = rt or runtime.resolve(device="cpu")
     with runtime.torch_state(rt, seed=seed, threads=threads):
-        return _evaluate(Path(model_path), Path(clean_dir), Path(split_dir), Path(metrics_path),
-                         Path(confusion_path), per_class_path and Path(per_class_path),
-                         settings, seed, workers, rt)
+        return _evaluate(
+            Path(model_path),
+            Path(clean_dir),
+            Path(split_dir),
+            Path(metrics_path),
+            Path(confusion_path),
+            per_class_path and Path(per_class_path),
+            settings,
+            seed,
+            workers,
+            rt,
+        )
 
 
-def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: Path,
-              confusion_path: Path, per_class_path: Path | None, settings: Evaluate, seed: int,
-              workers: int, rt: runtime.Runtime) -> dict:
+def _evaluate(
+    model_path: Path,
+    clean_dir: Path,
+    split_dir: Path,
+    metrics_path: Path,
+    confusion_path: Path,
+    per_class_path: Path | None,
+    settings: Evaluate,
+    seed: int,
+    workers: int,
+    rt: runtime.Runtime,
+) -> dict:
     model, ckpt, classes = _load_model(model_path, split_dir, rt)
     rows = _test_rows(split_dir)
     labels = np.array([label for _, label in rows])
     tf = ckpt["transform"]
     norm = dict(image_size=tf["image_size"], mean=tf["mean"], std=tf["std"])
-    views = {"single": transforms.eval_transform(**norm),
-             "tta": transforms.tta_transform(**norm, flip=settings.tta_flip)}
+    views = {
+        "single": transforms.eval_transform(**norm),
+        "tta": transforms.tta_transform(**norm, flip=settings.tta_flip),
+    }
     dataset = data.ImageDataset(clean_dir, rows, None)  # images decoded once for both passes
     per_run = []
     for state in _run_states(ckpt):  # one per training seed (train.seeds); the first decides
@@ -172,17 +225,31 @@ def _evaluate(model_path: Path, clean_dir: Path, split_dir: Path, metrics_path: 
         probs = {}
         for name, transform in views.items():
             dataset.transform = transform
-            loader = data.make_loader(dataset, batch_size=settings.batch_size, shuffle=False,
-                                      workers=workers, seed=seed, device=rt.device)
-            batches = tqdm(loader, desc=f"{name} seed {len(per_run) + 1}", unit="batch",
-                           leave=False, disable=None, file=sys.stderr)  # TTA: the slow pass
+            loader = data.make_loader(
+                dataset,
+                batch_size=settings.batch_size,
+                shuffle=False,
+                workers=workers,
+                seed=seed,
+                device=rt.device,
+            )
+            batches = tqdm(
+                loader,
+                desc=f"{name} seed {len(per_run) + 1}",
+                unit="batch",
+                leave=False,
+                disable=None,
+                file=sys.stderr,
+            )  # TTA: the slow pass
             probs[name] = predict_probs(model, batches, rt, chunk=settings.batch_size)
             del loader  # ends its persistent worker processes before the next pass starts
-        per_run.append(compute_metrics(probs["single"], probs["tta"], labels, classes,
-                                       settings.top_k))
+        per_run.append(
+            compute_metrics(probs["single"], probs["tta"], labels, classes, settings.top_k)
+        )
         if len(per_run) == 1:
-            records = confusion_records(probs["single"].argmax(axis=1), labels,
-                                        [path for path, _ in rows], classes)
+            records = confusion_records(
+                probs["single"].argmax(axis=1), labels, [path for path, _ in rows], classes
+            )
     metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
     write_json(metrics_path, {k: v for k, v in metrics.items() if k != "per_class"})

@@ -4,6 +4,7 @@ features computed once), epochs with early stopping, and the best epoch's weight
 epoch the whole state goes to a `resume.Resume`, so an interrupted run continues where it
 stopped (transferline/engine/resume.py).
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,23 +27,24 @@ from transferline.engine.runtime import Runtime
 # ---- optimiser and schedule per phase -------------------------------------------------------
 
 OPTIMIZERS = {
-    "sgd": lambda groups, ph: torch.optim.SGD(groups, lr=ph.lr, momentum=ph.momentum,
-                                              nesterov=ph.nesterov,
-                                              weight_decay=ph.weight_decay),
+    "sgd": lambda groups, ph: torch.optim.SGD(
+        groups, lr=ph.lr, momentum=ph.momentum, nesterov=ph.nesterov, weight_decay=ph.weight_decay
+    ),
     "adam": lambda groups, ph: torch.optim.Adam(groups, lr=ph.lr, weight_decay=ph.weight_decay),
-    "adamw": lambda groups, ph: torch.optim.AdamW(groups, lr=ph.lr,
-                                                  weight_decay=ph.weight_decay),
+    "adamw": lambda groups, ph: torch.optim.AdamW(groups, lr=ph.lr, weight_decay=ph.weight_decay),
 }
 
 SCHEDULES = {
     "none": lambda opt, ph: None,
-    "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(opt, ph.schedule.step_size,
-                                                            ph.schedule.gamma),
+    "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(
+        opt, ph.schedule.step_size, ph.schedule.gamma
+    ),
     "cosine": lambda opt, ph: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs),
     # lr x gamma once val loss has not fallen for `patience` epochs: with early stopping
     # (train.patience) a run decays and ends when it stops learning, not at a guessed epoch
     "plateau": lambda opt, ph: torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=ph.schedule.gamma, patience=ph.schedule.patience),
+        opt, mode="min", factor=ph.schedule.gamma, patience=ph.schedule.patience
+    ),
 }
 
 
@@ -50,16 +52,28 @@ def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
     """Head at phase.lr (group 0), other trainable parameters at lr * backbone_lr_mult."""
     head = models.head_name(model) + "."
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr},
-              {"params": [p for n, p in trainable if not n.startswith(head)],
-               "lr": phase.lr * phase.backbone_lr_mult}]
+    groups = [
+        {"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr},
+        {
+            "params": [p for n, p in trainable if not n.startswith(head)],
+            "lr": phase.lr * phase.backbone_lr_mult,
+        },
+    ]
     return OPTIMIZERS[phase.optimizer]([g for g in groups if g["params"]], phase)
 
 
 # ---- one pass over batches ------------------------------------------------------------------
 
-def run_epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, scaler=None,
-              desc: str = "", sharded: bool = False) -> tuple[float, float, int]:
+
+def run_epoch(
+    fn: nn.Module,
+    batches: Iterable,
+    rt: Runtime,
+    optimizer=None,
+    scaler=None,
+    desc: str = "",
+    sharded: bool = False,
+) -> tuple[float, float, int]:
     """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given.
     `sharded`: each process saw its own share of the data, so the sums are taken over all."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
@@ -81,7 +95,8 @@ def run_epoch(fn: nn.Module, batches: Iterable, rt: Runtime, optimizer=None, sca
         n += len(y)
     if sharded:
         loss_sum, correct, count = distributed.sum_all(
-            loss_sum, correct, torch.tensor(n, dtype=torch.int64, device=rt.device))
+            loss_sum, correct, torch.tensor(n, dtype=torch.int64, device=rt.device)
+        )
         n = int(count.item())
     return loss_sum.item() / n, correct.item() / n, n
 
@@ -95,11 +110,16 @@ def _loader_generators(loader) -> list[torch.Generator]:
 class ImageSteps:
     """Whole network on (augmented) image batches: every strategy without cache_features.
     With several processes each trains on its share through DistributedDataParallel."""
+
     feature_seconds = 0.0
 
     def __init__(self, model, train_loader, val_loader, rt: Runtime):
-        self.model, self.train_loader, self.val_loader, self.rt = (model, train_loader,
-                                                                   val_loader, rt)
+        self.model, self.train_loader, self.val_loader, self.rt = (
+            model,
+            train_loader,
+            val_loader,
+            rt,
+        )
         self.scaler = rt.grad_scaler()
         self.train_fn = model
 
@@ -112,8 +132,9 @@ class ImageSteps:
 
     def train_epoch(self, optimizer, desc):
         models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
-        return run_epoch(self.train_fn, self.train_loader, self.rt, optimizer, self.scaler,
-                         desc, sharded=True)
+        return run_epoch(
+            self.train_fn, self.train_loader, self.rt, optimizer, self.scaler, desc, sharded=True
+        )
 
     def val_epoch(self, desc):
         # the plain module: DDP's forward is a collective, and val shards may differ by one
@@ -130,8 +151,13 @@ class FeatureSteps:
     the same head on all of them (a linear layer's step is cheaper than talking about it)."""
 
     def __init__(self, head, train_xy, val_xy, batch_size, seed, rt: Runtime):
-        self.head, self.train_xy, self.val_xy, self.bs, self.rt = (head, train_xy, val_xy,
-                                                                   batch_size, rt)
+        self.head, self.train_xy, self.val_xy, self.bs, self.rt = (
+            head,
+            train_xy,
+            val_xy,
+            batch_size,
+            rt,
+        )
         self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
         self.scaler = rt.grad_scaler()
         self.feature_seconds = 0.0
@@ -146,8 +172,9 @@ class FeatureSteps:
     def train_epoch(self, optimizer, desc):
         self.head.train()
         order = torch.randperm(len(self.train_xy[1]), generator=self.generator)
-        return run_epoch(self.head, self._batches(self.train_xy, order), self.rt, optimizer,
-                         self.scaler, desc)
+        return run_epoch(
+            self.head, self._batches(self.train_xy, order), self.rt, optimizer, self.scaler, desc
+        )
 
     def val_epoch(self, desc):
         self.head.eval()
@@ -174,11 +201,14 @@ def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor
     finally:
         models.swap_head(model, head, name)
     total = len(loader.dataset)
-    return (distributed.gather_rows(torch.cat(feats), total),
-            distributed.gather_rows(torch.cat(labels), total))
+    return (
+        distributed.gather_rows(torch.cat(feats), total),
+        distributed.gather_rows(torch.cat(labels), total),
+    )
 
 
 # ---- the phases -----------------------------------------------------------------------------
+
 
 def _better(row: dict, best: dict | None, select: str) -> bool:
     """Strictly better than the best so far (ties keep the earlier epoch)."""
@@ -192,17 +222,18 @@ def _better(row: dict, best: dict | None, select: str) -> bool:
 @dataclass
 class Fit:
     history: list[dict] = field(default_factory=list)
-    best: dict | None = None                  # history row of the best epoch so far
-    best_state: dict | None = None            # state_dict copy at that epoch
+    best: dict | None = None  # history row of the best epoch so far
+    best_state: dict | None = None  # state_dict copy at that epoch
     phases: list[dict] = field(default_factory=list)  # per finished phase: epochs, parameters
-    trained: set[str] = field(default_factory=set)    # parameters trainable in any phase
-    resumed_at: int = 0                       # epochs taken from a resume state (0 = fresh)
+    trained: set[str] = field(default_factory=set)  # parameters trainable in any phase
+    resumed_at: int = 0  # epochs taken from a resume state (0 = fresh)
 
 
 @dataclass
 class _Position:
     """Where a saved state stands: `epochs` run of `phase`, and whether that phase (or the whole
     run) had ended."""
+
     phase: int = 1
     epochs: int = 0
     stale: int = 0
@@ -210,8 +241,9 @@ class _Position:
     stop: bool = False
 
 
-def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
-        resume: Resume | None = None) -> Fit:
+def fit(
+    model, arch: str, phases: list[Phase], steps, train_p, *, resume: Resume | None = None
+) -> Fit:
     """Run the phases in order; with `resume`, start where a matching saved state stopped."""
     run, saved = Fit(), None
     main = distributed.world().main
@@ -227,11 +259,22 @@ def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
         if saved and saved.stop:
             break
         run.trained |= {n for n, p in model.named_parameters() if p.requires_grad}
-        log(f"phase {k}: trainable {phase.trainable!r} -> {info['trainable_params']:,} of "
-            f"{info['total_params']:,} parameters ({', '.join(info['trainable_modules'])})")
+        log(
+            f"phase {k}: trainable {phase.trainable!r} -> {info['trainable_params']:,} of "
+            f"{info['total_params']:,} parameters ({', '.join(info['trainable_modules'])})"
+        )
         start = saved if saved and k == saved.phase else _Position(phase=k)
-        stop = _run_phase(model, phase, steps, train_p, run, info, start,
-                          state if start is saved else None, resume)
+        stop = _run_phase(
+            model,
+            phase,
+            steps,
+            train_p,
+            run,
+            info,
+            start,
+            state if start is saved else None,
+            resume,
+        )
         saved = state = None
         if stop:
             break
@@ -241,14 +284,28 @@ def fit(model, arch: str, phases: list[Phase], steps, train_p, *,
 def _restore(state: dict, model, steps) -> tuple[Fit, _Position]:
     model.load_state_dict(state["model"])
     set_rng_state(state["rng"], steps)
-    run = Fit(history=state["history"], best=state["best"], best_state=state["best_state"],
-              phases=state["phases"], trained=set(state["trained"]),
-              resumed_at=len(state["history"]))
+    run = Fit(
+        history=state["history"],
+        best=state["best"],
+        best_state=state["best_state"],
+        phases=state["phases"],
+        trained=set(state["trained"]),
+        resumed_at=len(state["history"]),
+    )
     return run, _Position(**state["position"])
 
 
-def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _Position,
-               state: dict | None, resume: Resume | None) -> bool:
+def _run_phase(
+    model,
+    phase: Phase,
+    steps,
+    train_p,
+    run: Fit,
+    info: dict,
+    pos: _Position,
+    state: dict | None,
+    resume: Resume | None,
+) -> bool:
     """One phase's epochs with a fresh optimiser and schedule (or the saved ones when resuming
     inside this phase); returns whether the whole run stops.
 
@@ -264,7 +321,8 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
             scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             steps.scaler.load_state_dict(state["scaler"])
-    for pos.epochs in range(pos.epochs + 1, phase.epochs + 1):
+    for epoch in range(pos.epochs + 1, phase.epochs + 1):
+        pos.epochs = epoch  # where the run stands, saved with the state after this epoch
         row = _one_epoch(len(run.history) + 1, pos.phase, optimizer, steps)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(row["val_loss"])  # the same on every process: val sums are global
@@ -293,12 +351,19 @@ def _run_phase(model, phase: Phase, steps, train_p, run: Fit, info: dict, pos: _
 
 
 def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": steps.scaler.state_dict(), "rng": rng_state(steps),
-            "history": run.history, "best": run.best, "best_state": run.best_state,
-            "phases": run.phases, "trained": sorted(run.trained),
-            "position": vars(pos).copy()}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": steps.scaler.state_dict(),
+        "rng": rng_state(steps),
+        "history": run.history,
+        "best": run.best,
+        "best_state": run.best_state,
+        "phases": run.phases,
+        "trained": sorted(run.trained),
+        "position": vars(pos).copy(),
+    }
 
 
 def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
@@ -307,10 +372,20 @@ def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
     train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train")
     val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
     secs = time.perf_counter() - start
-    log(f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "
+    log(
+        f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "
         f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
-        f"[{secs:.1f} s, {(n_train + n_val) / secs:.1f} img/s]")
+        f"[{secs:.1f} s, {(n_train + n_val) / secs:.1f} img/s]"
+    )
     # seconds/images are for the caller and the log only; the TSV keeps train.PLOT_COLUMNS
-    return {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": train_loss,
-            "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "seconds": secs, "images": n_train + n_val}
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "lr": lr,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "seconds": secs,
+        "images": n_train + n_val,
+    }

@@ -1,6 +1,7 @@
 """Class probabilities from a model over batches of images: the one inference loop that evaluate
 and predict share (single views or TTA views, on whatever device and precision the runtime says).
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -12,8 +13,12 @@ from transferline.engine.runtime import Runtime, resolve
 
 
 @torch.inference_mode()
-def predict_probs(model: torch.nn.Module, batches: Iterable[Sequence[torch.Tensor]],
-                  rt: Runtime | None = None, chunk: int = 64) -> np.ndarray:
+def predict_probs(
+    model: torch.nn.Module,
+    batches: Iterable[Sequence[torch.Tensor]],
+    rt: Runtime | None = None,
+    chunk: int = 64,
+) -> np.ndarray:
     """Softmax probabilities (N, C) float64 for every image the batches yield, in order.
 
     A batch's first item is either (B, 3, H, W) single views or (B, V, 3, H, W) TTA views; for the

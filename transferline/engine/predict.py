@@ -10,6 +10,7 @@ averaged. `table`, `csv_text`, `as_json` and `gallery` present the results; `gat
 predict stage's input folder. Used by `transferline predict` (transferline/commands/predict.py)
 and the DVC stage (stages/predict.py).
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,19 +33,19 @@ from transferline.models import bundle as bundles
 from transferline.outputs import atomic as files
 from transferline.report import figures as png
 
-BATCH = 32          # images per forward pass
-DEFAULT_TOP_K = 3   # without params.yaml
+BATCH = 32  # images per forward pass
+DEFAULT_TOP_K = 3  # without params.yaml
 GALLERY_COLS = 4
 CSV_COLUMNS = ("file", "class", "probability", "top_k", "error")
 
 
 @dataclass
 class Result:
-    file: str                                   # as given / relative to the folder searched
+    file: str  # as given / relative to the folder searched
     top: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), best first
-    reason: str | None = None                   # why it could not be used (images.REASONS, ...)
+    reason: str | None = None  # why it could not be used (images.REASONS, ...)
     detail: str = ""
-    image: torch.Tensor | None = None           # (3, H, W) uint8 as prepared, for the gallery
+    image: torch.Tensor | None = None  # (3, H, W) uint8 as prepared, for the gallery
 
     @property
     def ok(self) -> bool:
@@ -53,6 +54,7 @@ class Result:
 
 # ---- inputs ---------------------------------------------------------------------------------
 
+
 def _files_in(folder: Path) -> Iterator[Path]:
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).parts
@@ -60,8 +62,7 @@ def _files_in(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def collect(paths: Sequence[str | Path],
-            relative_to: Path | None = None) -> list[tuple[str, Path]]:
+def collect(paths: Sequence[str | Path], relative_to: Path | None = None) -> list[tuple[str, Path]]:
     """(name shown, file) for every file given or found under a folder given, in order; names
     of files under `relative_to` are relative to it."""
     out = []
@@ -89,6 +90,7 @@ def prepare(name: str, path: Path, b: bundles.Bundle) -> Result:
 
 # ---- the worker -----------------------------------------------------------------------------
 
+
 def _runtime_for(b: bundles.Bundle, rt: runtime.Runtime | None) -> runtime.Runtime:
     if b.kind in ("onnx", "torchscript") or rt is None:
         # exported files run on CPU in fp32, as they were exported
@@ -96,8 +98,14 @@ def _runtime_for(b: bundles.Bundle, rt: runtime.Runtime | None) -> runtime.Runti
     return rt
 
 
-def predict(inputs: Sequence[tuple[str, Path]], b: bundles.Bundle, *, top_k: int,
-            tta: bool = False, rt: runtime.Runtime | None = None) -> list[Result]:
+def predict(
+    inputs: Sequence[tuple[str, Path]],
+    b: bundles.Bundle,
+    *,
+    top_k: int,
+    tta: bool = False,
+    rt: runtime.Runtime | None = None,
+) -> list[Result]:
     """Top-k (class, probability) for every usable input, in input order; the others carry
     their reason."""
     results = [prepare(name, path, b) for name, path in inputs]
@@ -107,8 +115,10 @@ def predict(inputs: Sequence[tuple[str, Path]], b: bundles.Bundle, *, top_k: int
     rt = _runtime_for(b, rt)
     model = rt.place(b.model) if isinstance(b.model, torch.nn.Module) else b.model
     transform = b.transform(tta)
-    batches = ((torch.stack([transform(r.image) for r in usable[i:i + BATCH]]),)
-               for i in range(0, len(usable), BATCH))
+    batches = (
+        (torch.stack([transform(r.image) for r in usable[i : i + BATCH]]),)
+        for i in range(0, len(usable), BATCH)
+    )
     probs = predict_probs(model, batches, rt, chunk=BATCH)  # (N, C) float64
     k = min(top_k, len(b.classes))
     for r, row in zip(usable, probs):
@@ -119,23 +129,33 @@ def predict(inputs: Sequence[tuple[str, Path]], b: bundles.Bundle, *, top_k: int
 
 # ---- outputs --------------------------------------------------------------------------------
 
+
 def table(results: Sequence[Result]) -> str:
     width = max([len("file")] + [len(r.file) for r in results])
     lines = [f"{'file':<{width}}  top-{max((len(r.top) for r in results), default=0)}"]
     for r in results:
-        what = ("   ".join(f"{c} {p:.3f}" for c, p in r.top) if r.ok
-                else f"FAILED {r.reason}: {r.detail}")
+        what = (
+            "   ".join(f"{c} {p:.3f}" for c, p in r.top)
+            if r.ok
+            else f"FAILED {r.reason}: {r.detail}"
+        )
         lines.append(f"{r.file:<{width}}  {what}")
     return "\n".join(lines) + "\n"
 
 
 def as_json(results: Sequence[Result], b: bundles.Bundle) -> dict:
-    return {"model": b.source, "kind": b.kind,
-            "predictions": [{"file": r.file, "top_k": [{"class": c, "probability": round(p, 6)}
-                                                      for c, p in r.top]}
-                            for r in results if r.ok],
-            "failed": [{"file": r.file, "reason": r.reason, "detail": r.detail}
-                       for r in results if not r.ok]}
+    return {
+        "model": b.source,
+        "kind": b.kind,
+        "predictions": [
+            {"file": r.file, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in r.top]}
+            for r in results
+            if r.ok
+        ],
+        "failed": [
+            {"file": r.file, "reason": r.reason, "detail": r.detail} for r in results if not r.ok
+        ],
+    }
 
 
 def csv_text(results: Sequence[Result]) -> str:
@@ -168,21 +188,27 @@ def gallery(results: Sequence[Result], path: Path, limit: int, title: str) -> No
 
 # ---- the stage's input folder ---------------------------------------------------------------
 
+
 def gather(out: Path, params: Params) -> int:
     """Fill `out` with the images to classify: a copy of `predict.images` (under its folder
     name) and `predict.demo_images` fresh demo images under demo/. Returns how many files."""
     out = Path(out)
     source = params.predict.images
     if source is not None and not Path(source).is_dir():
-        raise StageError(f"predict.images: {source} is not a folder; give a folder of "
-                         "images, or null for none")
+        raise StageError(
+            f"predict.images: {source} is not a folder; give a folder of images, or null for none"
+        )
     with files.staged_dir(out) as tmp:
         if source is not None:
             shutil.copytree(source, tmp / Path(source).name)
         generate = params.active_dataset.generate
         if generate is not None and params.predict.demo_images:
-            made = demo.unlabelled_images(classes=generate.classes, n=params.predict.demo_images,
-                                          size=generate.size, seed=params.seed)
+            made = demo.unlabelled_images(
+                classes=generate.classes,
+                n=params.predict.demo_images,
+                size=generate.size,
+                seed=params.seed,
+            )
             (tmp / "demo").mkdir()
             for name, data in made.items():
                 (tmp / "demo" / name).write_bytes(data)
@@ -191,8 +217,16 @@ def gather(out: Path, params: Params) -> int:
 
 # ---- what the command and the stage share --------------------------------------------------
 
-def choose_model(*, model: Path | None, best: Path, models: Path, imagenet: bool = False,
-                 arch: str | None = None, threads: int | None = None) -> bundles.Bundle:
+
+def choose_model(
+    *,
+    model: Path | None,
+    best: Path,
+    models: Path,
+    imagenet: bool = False,
+    arch: str | None = None,
+    threads: int | None = None,
+) -> bundles.Bundle:
     """The model to run: `model`, else the strategy `best` (metrics/best.json) names under
     `models`; with `imagenet`, that model's (or `arch`'s) pretrained backbone with its own
     ImageNet head."""
@@ -208,19 +242,30 @@ def choose_model(*, model: Path | None, best: Path, models: Path, imagenet: bool
     return bundles.imagenet(arch, trained.clean if trained else None)
 
 
-def write_results(results: list[Result], b: bundles.Bundle, *, csv_path: Path | None = None,
-                  gallery_path: Path | None = None, gallery_limit: int = 16,
-                  as_json_output: bool = False) -> None:
+def write_results(
+    results: list[Result],
+    b: bundles.Bundle,
+    *,
+    csv_path: Path | None = None,
+    gallery_path: Path | None = None,
+    gallery_limit: int = 16,
+    as_json_output: bool = False,
+) -> None:
     """The CSV and gallery when asked for, the table (or JSON) on stdout, and a count of the
     files that could not be used on stderr."""
     if csv_path:
         files.write_text(csv_path, csv_text(results))
     if gallery_path:
-        what = "ImageNet classes of the pretrained backbone" if b.kind == "imagenet" else \
-            f"predictions of {Path(b.source).name}"
+        what = (
+            "ImageNet classes of the pretrained backbone"
+            if b.kind == "imagenet"
+            else f"predictions of {Path(b.source).name}"
+        )
         gallery(results, gallery_path, gallery_limit, what)
     sys.stdout.write(files.json_text(as_json(results, b)) if as_json_output else table(results))
     failed = [r for r in results if not r.ok]
     if failed:
-        print(f"{len(failed)} of {len(results)} files could not be used (listed above)",
-              file=sys.stderr)
+        print(
+            f"{len(failed)} of {len(results)} files could not be used (listed above)",
+            file=sys.stderr,
+        )

@@ -7,6 +7,7 @@ ends with the same bytes as a run that was never interrupted; a state with anoth
 is discarded. The train stage removes the file once its outputs are written. The file lives
 outside every DVC output (DVC deletes outputs before a stage runs) and is git-ignored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from transferline.outputs import atomic as files
 @dataclass
 class Resume:
     """Where one training run keeps its state between epochs, and what it must match."""
+
     path: Path
     fingerprint: str
 
@@ -51,9 +53,11 @@ class Resume:
 
 
 def rng_state(steps) -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "steps": [g.get_state() for g in steps.generators()]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "steps": [g.get_state() for g in steps.generators()],
+    }
 
 
 def set_rng_state(state: dict, steps) -> None:

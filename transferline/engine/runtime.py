@@ -12,6 +12,7 @@ older ones) and fp32 on CPU; `bf16` on CPU runs the same autocast code path a GP
 is how the tests exercise it. `deterministic: true` (the default) keeps the byte-identical
 contract; `false` lets cuDNN benchmark and pick non-deterministic kernels, for speed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,9 +35,9 @@ _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    amp_dtype: torch.dtype | None      # autocast dtype; None = plain fp32
-    channels_last: bool                 # NHWC for 4-D inputs and conv weights
-    deterministic: bool                 # deterministic kernels, no cuDNN benchmark
+    amp_dtype: torch.dtype | None  # autocast dtype; None = plain fp32
+    channels_last: bool  # NHWC for 4-D inputs and conv weights
+    deterministic: bool  # deterministic kernels, no cuDNN benchmark
 
     @property
     def precision(self) -> str:
@@ -77,8 +78,10 @@ def _device(name: str) -> torch.device:
     # one GPU per process under torchrun unless an index is given
     index = device.index if device.index is not None else distributed.world().local_rank
     if index >= torch.cuda.device_count():
-        raise StageError(f"device: {name}, but only {torch.cuda.device_count()} CUDA device(s) "
-                         f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        raise StageError(
+            f"device: {name}, but only {torch.cuda.device_count()} CUDA device(s) "
+            f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
     return torch.device("cuda", index)
 
 
@@ -94,8 +97,13 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def resolve(*, device: str = "auto", precision: str = "auto", channels_last: bool = True,
-            deterministic: bool = True) -> Runtime:
+def resolve(
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = True,
+    deterministic: bool = True,
+) -> Runtime:
     dev = _device(device)
     # channels_last on CPU too: measured ~30% less CPU time per image for EfficientNet-Lite0
     # and ~25% for cnn3 training (oneDNN), no change for resnet18
@@ -105,17 +113,24 @@ def resolve(*, device: str = "auto", precision: str = "auto", channels_last: boo
 def from_params(runtime_p, *, device: str | None = None) -> Runtime:
     """The runtime params.yaml's `runtime:` section asks for; `device` overrides its device
     (predict's --device)."""
-    return resolve(device=device or runtime_p.device, precision=runtime_p.precision,
-                   channels_last=runtime_p.channels_last, deterministic=runtime_p.deterministic)
+    return resolve(
+        device=device or runtime_p.device,
+        precision=runtime_p.precision,
+        channels_last=runtime_p.channels_last,
+        deterministic=runtime_p.deterministic,
+    )
 
 
 @contextlib.contextmanager
 def torch_state(rt: Runtime, *, seed: int, threads: int) -> Iterator[None]:
     """Seeded, `threads` CPU threads, deterministic kernels when rt.deterministic; the previous
     settings come back afterwards (tests and benchmarks run several stages in one process)."""
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     if rt.device.type == "cuda":
         if rt.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS

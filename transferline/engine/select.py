@@ -16,6 +16,7 @@ the strategy listed first), so the chosen strategy's test score is an unbiased e
 does on new images. Picking the strategy with the best *test* score would make that score
 optimistic: the test split would have been used to choose. predict and export use this choice.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,10 @@ from transferline.outputs import atomic as files
 from transferline.outputs.atomic import write_json
 
 # select.by -> (train metrics key, +1 when higher is better, the tie-breaker's select.by)
-CRITERIA = {"val_acc": ("best_val_acc", 1, "val_loss"),
-            "val_loss": ("best_val_loss", -1, "val_acc")}
+CRITERIA = {
+    "val_acc": ("best_val_acc", 1, "val_loss"),
+    "val_loss": ("best_val_loss", -1, "val_acc"),
+}
 TEST_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -35,8 +38,9 @@ def _val(train: dict, name: str, source: Path) -> dict[str, float]:
     try:
         return {"val_acc": float(train["best_val_acc"]), "val_loss": float(train["best_val_loss"])}
     except (KeyError, TypeError, ValueError):
-        raise StageError(f"{source}: lacks best_val_acc/best_val_loss; re-run "
-                         f"`dvc repro train@{name}`") from None
+        raise StageError(
+            f"{source}: lacks best_val_acc/best_val_loss; re-run `dvc repro train@{name}`"
+        ) from None
 
 
 def choose(candidates: dict[str, dict[str, float]], by: str) -> str:
@@ -44,12 +48,19 @@ def choose(candidates: dict[str, dict[str, float]], by: str) -> str:
     _, sign, other = CRITERIA[by]
     other_sign = CRITERIA[other][1]
     order = list(candidates)
-    return min(order, key=lambda n: (-sign * candidates[n][by],
-                                     -other_sign * candidates[n][other], order.index(n)))
+    return min(
+        order,
+        key=lambda n: (
+            -sign * candidates[n][by],
+            -other_sign * candidates[n][other],
+            order.index(n),
+        ),
+    )
 
 
-def select(names: Sequence[str], *, train_metrics: Path, eval_metrics: Path, out: Path,
-           by: str) -> dict[str, Any]:
+def select(
+    names: Sequence[str], *, train_metrics: Path, eval_metrics: Path, out: Path, by: str
+) -> dict[str, Any]:
     """Choose among `names` (params order) by validation; write and return metrics/best.json."""
     if by not in CRITERIA:
         raise StageError(f"select.by: {by!r}; choose one of {', '.join(CRITERIA)}")
@@ -59,9 +70,12 @@ def select(names: Sequence[str], *, train_metrics: Path, eval_metrics: Path, out
         candidates[name] = _val(files.read_json(path, f"train@{name}"), name, path)
     best = choose(candidates, by)
     test = files.read_json(Path(eval_metrics) / f"{best}.json", f"evaluate@{best}")
-    result = {"strategy": best, "by": by, **candidates[best],
-              "test": {**{k: test[k] for k in TEST_KEYS},
-                       "tta_accuracy": test["tta"]["accuracy"]},
-              "candidates": candidates}
+    result = {
+        "strategy": best,
+        "by": by,
+        **candidates[best],
+        "test": {**{k: test[k] for k in TEST_KEYS}, "tta_accuracy": test["tta"]["accuracy"]},
+        "candidates": candidates,
+    }
     write_json(Path(out), result)
     return result

@@ -15,6 +15,7 @@ are the head's input with the network in eval mode).
 Same params, same machine -> byte-identical outputs: seeded everything, deterministic kernels,
 fixed thread count, no wall-clock times in any output (they go to stderr).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,25 +52,40 @@ SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
 # checkpoint and of the resume fingerprint
 SPEED_ONLY = {key.split(".", 1)[1] for key in SPEED_ONLY_KEYS if key.startswith("train.")}
 # the code a resume state must have been written by (a change starts the run from scratch)
-ENGINE_MODULES = (loop, resume_state, registry, heads, trainable, checkpoints, data, runtime,
-                  transforms)
+ENGINE_MODULES = (
+    loop,
+    resume_state,
+    registry,
+    heads,
+    trainable,
+    checkpoints,
+    data,
+    runtime,
+    transforms,
+)
 
 # ---- inputs and outputs ---------------------------------------------------------------------
+
 
 def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
     for split, items in rows.items():
         if not items:
-            raise StageError(f"{Path(split_dir) / (split + '.csv')}: no images; training needs "
-                             "a non-empty train and val split")
+            raise StageError(
+                f"{Path(split_dir) / (split + '.csv')}: no images; training needs "
+                "a non-empty train and val split"
+            )
         bad = [p for p, label in items if not 0 <= label < len(classes)]
         if bad:
-            raise StageError(f"{Path(split_dir) / (split + '.csv')}: {bad[0]} has a label "
-                             f"outside 0..{len(classes) - 1} (classes.json)")
+            raise StageError(
+                f"{Path(split_dir) / (split + '.csv')}: {bad[0]} has a label "
+                f"outside 0..{len(classes) - 1} (classes.json)"
+            )
 
 
 def _tsv(history: list[dict]) -> str:
     def fmt(v):
         return str(v) if isinstance(v, int) else f"{v:.6g}"
+
     lines = ["\t".join(PLOT_COLUMNS)]
     lines += ["\t".join(fmt(row[c]) for c in PLOT_COLUMNS) for row in history]
     return "\n".join(lines) + "\n"
@@ -81,10 +97,15 @@ def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.Image
     mean, std = models.norm_stats(strategy.arch)
     ev = eval_transform(image_size=params.image_size, mean=mean, std=std)
     # cached features are computed once, without augmentation
-    tr = ev if strategy.cache_features else train_transform(
-        image_size=params.image_size, augment=tp.augment, mean=mean, std=std)
-    return {"train": data.ImageDataset(clean_dir, rows["train"], tr),
-            "val": data.ImageDataset(clean_dir, rows["val"], ev)}
+    tr = (
+        ev
+        if strategy.cache_features
+        else train_transform(image_size=params.image_size, augment=tp.augment, mean=mean, std=std)
+    )
+    return {
+        "train": data.ImageDataset(clean_dir, rows["train"], tr),
+        "val": data.ImageDataset(clean_dir, rows["val"], ev),
+    }
 
 
 def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
@@ -98,11 +119,20 @@ def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
     n = -(-len(datasets["train"]) // w.size) if pad else len(datasets["train"])
     # a last batch of one sample would break BatchNorm in train mode: drop just that one
     drop_last = not cache and n > 1 and n % batch == 1
-    common = dict(batch_size=batch, workers=tp.workers, seed=params.seed, device=rt.device,
-                  rank=w.rank, world=w.size)
-    return (data.make_loader(datasets["train"], shuffle=not cache, drop_last=drop_last,
-                             pad=pad, **common),
-            data.make_loader(datasets["val"], shuffle=False, **common))
+    common = dict(
+        batch_size=batch,
+        workers=tp.workers,
+        seed=params.seed,
+        device=rt.device,
+        rank=w.rank,
+        world=w.size,
+    )
+    return (
+        data.make_loader(
+            datasets["train"], shuffle=not cache, drop_last=drop_last, pad=pad, **common
+        ),
+        data.make_loader(datasets["val"], shuffle=False, **common),
+    )
 
 
 def _steps(model, strategy, params: Params, datasets, rt: Runtime):
@@ -110,62 +140,98 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime):
     if not strategy.cache_features:
         return loop.ImageSteps(model, train_loader, val_loader, rt)
     start = time.perf_counter()
-    train_xy, val_xy = (loop.cached_features(model, train_loader, rt),
-                        loop.cached_features(model, val_loader, rt))
+    train_xy, val_xy = (
+        loop.cached_features(model, train_loader, rt),
+        loop.cached_features(model, val_loader, rt),
+    )
     secs = time.perf_counter() - start
     n = len(train_xy[1]) + len(val_xy[1])
-    _log(f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
-         f"in {secs:.1f} s ({n / secs:.1f} img/s)")
+    _log(
+        f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
+        f"in {secs:.1f} s ({n / secs:.1f} img/s)"
+    )
     head = model.get_submodule(models.head_name(model))
     steps = loop.FeatureSteps(head, train_xy, val_xy, params.train.batch_size, params.seed, rt)
     steps.feature_seconds = secs
     return steps
 
 
-def _meta(strategy_name: str, strategy, params: Params, classes, fit: Fit,
-          extra: list = ()) -> dict:
+def _meta(
+    strategy_name: str, strategy, params: Params, classes, fit: Fit, extra: list = ()
+) -> dict:
     """The checkpoint's description of the model; a JSON round trip gives it fresh string
     objects, so its pickled bytes do not depend on whether params came from a file or were
     built in the same process (pickle shares identical objects, e.g. a "cpu" that torch uses)."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
-    meta = json.loads(json.dumps({"arch": strategy.arch, "num_classes": len(classes), "classes": list(classes),
-            "transform": {"image_size": params.image_size,
-                          "resize_size": resize_size(params.image_size),
-                          "mean": mean, "std": std},
-            # what predict needs to prepare a photo as clean did (workers: speed only)
-            "clean": params.clean.model_dump(exclude={"workers"}),
-            "head": models.head_spec(strategy.head),
-            "strategy": {"name": strategy_name, "arch": strategy.arch,
-                         "weights": strategy.weights, "cache_features": strategy.cache_features,
-                         "phases": [p.model_dump() for p in strategy.resolved_phases()],
-                         "seed": params.seed, "train": tp.model_dump(exclude=SPEED_ONLY),
-                         "runtime": params.runtime.model_dump()},
-            "best_epoch": fit.best["epoch"], "select": tp.select}))
+    meta = json.loads(
+        json.dumps(
+            {
+                "arch": strategy.arch,
+                "num_classes": len(classes),
+                "classes": list(classes),
+                "transform": {
+                    "image_size": params.image_size,
+                    "resize_size": resize_size(params.image_size),
+                    "mean": mean,
+                    "std": std,
+                },
+                # what predict needs to prepare a photo as clean did (workers: speed only)
+                "clean": params.clean.model_dump(exclude={"workers"}),
+                "head": models.head_spec(strategy.head),
+                "strategy": {
+                    "name": strategy_name,
+                    "arch": strategy.arch,
+                    "weights": strategy.weights,
+                    "cache_features": strategy.cache_features,
+                    "phases": [p.model_dump() for p in strategy.resolved_phases()],
+                    "seed": params.seed,
+                    "train": tp.model_dump(exclude=SPEED_ONLY),
+                    "runtime": params.runtime.model_dump(),
+                },
+                "best_epoch": fit.best["epoch"],
+                "select": tp.select,
+            }
+        )
+    )
     if extra:  # the other seeds' runs: (model, fit, steps) each
-        meta["runs"] = [{"seed": params.seed + k, "best_epoch": f.best["epoch"],
-                         "state_dict": models.cpu_state(f.best_state)}
-                        for k, (_, f, _) in enumerate(extra, 1)]
+        meta["runs"] = [
+            {
+                "seed": params.seed + k,
+                "best_epoch": f.best["epoch"],
+                "state_dict": models.cpu_state(f.best_state),
+            }
+            for k, (_, f, _) in enumerate(extra, 1)
+        ]
     return meta
 
 
 # ---- the worker -----------------------------------------------------------------------------
 
-def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_path,
-          metrics_path, plots_path, resume_dir=None) -> dict:
+
+def train(
+    strategy_name: str,
+    params: Params,
+    *,
+    clean_dir,
+    split_dir,
+    model_path,
+    metrics_path,
+    plots_path,
+    resume_dir=None,
+) -> dict:
     """Train one strategy and write its checkpoint, metrics and per-epoch plot.
 
-    With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the
-    checkpoint holds every run (the first as `state_dict`, the others under `runs`), the metrics
-    are means over runs with their spread under `std` (transferline/outputs/metrics.py), and the plot shows
-    the first run.
-    Returns the metrics plus what a caller may want to check: per-phase trainable parameters,
-    the epoch history, and wall-clock seconds (never written to the tracked outputs).
-    With `resume_dir` (and `train.resume`), every epoch's state is kept there and an
-    interrupted run continues from it; the folder is emptied once the outputs are written.
+    With `train.seeds` N > 1 the strategy trains N times (seeds seed, seed+1, ...): the checkpoint
+    holds every run (the first as `state_dict`, the others under `runs`), the metrics are means over
+    runs with their spread under `std` (transferline/outputs/metrics.py), and the plot shows the
+    first run. Returns the metrics plus what a caller may want to check: per-phase trainable
+    parameters, the epoch history, and wall-clock seconds (never written to the tracked outputs).
+    With `resume_dir` (and `train.resume`), every epoch's state is kept there and an interrupted run
+    continues from it; the folder is emptied once the outputs are written.
     """
-    strategy = params.strategy(strategy_name)       # unknown name -> error listing the names
-    archs.check(strategy.arch, strategy.weights)    # unknown arch -> error listing the archs
+    strategy = params.strategy(strategy_name)  # unknown name -> error listing the names
+    archs.check(strategy.arch, strategy.weights)  # unknown arch -> error listing the archs
     phases = strategy.resolved_phases()
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
@@ -178,51 +244,77 @@ def train(strategy_name: str, params: Params, *, clean_dir, split_dir, model_pat
         runs = []
         for k in range(params.train.seeds):
             run_params = params.model_copy(update={"seed": params.seed + k})
-            runs.append(_train_once(strategy_name, strategy, run_params, phases, classes,
-                                    datasets, rt, resumes[k]))
+            runs.append(
+                _train_once(
+                    strategy_name, strategy, run_params, phases, classes, datasets, rt, resumes[k]
+                )
+            )
     (model, fit, steps), extra = runs[0], runs[1:]
     metrics = _run_metrics(model, fit)
     if extra:
-        metrics = seeds.mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra],
-                                 SPREAD)
+        metrics = seeds.mean_std([metrics] + [_run_metrics(m, f) for m, f, _ in extra], SPREAD)
     if world.main:  # every process holds the same weights; one writes them
-        _write(model_path, metrics_path, plots_path, _meta(strategy_name, strategy, params,
-                                                           classes, fit, extra),
-               model, metrics, fit)
+        _write(
+            model_path,
+            metrics_path,
+            plots_path,
+            _meta(strategy_name, strategy, params, classes, fit, extra),
+            model,
+            metrics,
+            fit,
+        )
         for resume in filter(None, resumes):
             resume.clear()
     secs = time.perf_counter() - start
-    _log(f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
-         f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all")
-    return {**metrics, "phases": fit.phases, "history": fit.history, "seconds": secs,
-            "feature_seconds": steps.feature_seconds, "resumed_at": fit.resumed_at}
+    _log(
+        f"{strategy_name}: best epoch {fit.best['epoch']} val_acc {fit.best['val_acc']:.4f} "
+        f"val_loss {fit.best['val_loss']:.4f}; {secs:.1f} s in all"
+    )
+    return {
+        **metrics,
+        "phases": fit.phases,
+        "history": fit.history,
+        "seconds": secs,
+        "feature_seconds": steps.feature_seconds,
+        "resumed_at": fit.resumed_at,
+    }
 
 
-def _write(model_path, metrics_path, plots_path, meta: dict, model, metrics: dict,
-           fit: Fit) -> None:
+def _write(
+    model_path, metrics_path, plots_path, meta: dict, model, metrics: dict, fit: Fit
+) -> None:
     models.save_checkpoint(model_path, model, meta)
     files.write_json(metrics_path, metrics)
     files.write_text(plots_path, _tsv(fit.history))
 
 
-def _resumes(resume_dir, params: Params, strategy_name: str, classes, rows,
-             clean_dir) -> list[Resume | None]:
+def _resumes(
+    resume_dir, params: Params, strategy_name: str, classes, rows, clean_dir
+) -> list[Resume | None]:
     """One resume file per seed's run, or None each when resuming is off."""
     if resume_dir is None or not params.train.resume:
         return [None] * params.train.seeds
     fingerprint = _fingerprint(params, strategy_name, classes, rows, clean_dir)
-    return [Resume(Path(resume_dir) / f"seed{params.seed + k}.pt", fingerprint)
-            for k in range(params.train.seeds)]
+    return [
+        Resume(Path(resume_dir) / f"seed{params.seed + k}.pt", fingerprint)
+        for k in range(params.train.seeds)
+    ]
 
 
 def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -> str:
     """sha256 of everything a run's weights depend on: the strategy and train settings, the
     classes and rows, every image's bytes, the engine's code and torch's version."""
     strategy = params.strategy(strategy_name)
-    config = {"strategy": strategy.model_dump(), "seed": params.seed, "threads": params.threads,
-              "train": params.train.model_dump(exclude=SPEED_ONLY),
-              "runtime": params.runtime.model_dump(), "classes": list(classes),
-              "rows": rows, "torch": torch.__version__}
+    config = {
+        "strategy": strategy.model_dump(),
+        "seed": params.seed,
+        "threads": params.threads,
+        "train": params.train.model_dump(exclude=SPEED_ONLY),
+        "runtime": params.runtime.model_dump(),
+        "classes": list(classes),
+        "rows": rows,
+        "torch": torch.__version__,
+    }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for module in ENGINE_MODULES:
         digest.update(Path(module.__file__).read_bytes())
@@ -234,8 +326,16 @@ def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -
     return digest.hexdigest()
 
 
-def _train_once(strategy_name, strategy, params: Params, phases, classes, datasets,
-                rt: Runtime, resume: Resume | None = None):
+def _train_once(
+    strategy_name,
+    strategy,
+    params: Params,
+    phases,
+    classes,
+    datasets,
+    rt: Runtime,
+    resume: Resume | None = None,
+):
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     threads = distributed.threads_per_process(params.threads)
     with torch_state(rt, seed=params.seed, threads=threads):
@@ -243,9 +343,11 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, datase
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
-        _log(f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
-             f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
-             f"{rt.precision}, seed {params.seed}")
+        _log(
+            f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
+            f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
+            f"{rt.precision}, seed {params.seed}"
+        )
         steps = _steps(model, strategy, params, datasets, rt)
         fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
         model.load_state_dict(fit.best_state)
@@ -253,8 +355,11 @@ def _train_once(strategy_name, strategy, params: Params, phases, classes, datase
 
 
 def _run_metrics(model: nn.Module, fit: Fit) -> dict:
-    return {"best_epoch": fit.best["epoch"], "best_val_acc": round(fit.best["val_acc"], 6),
-            "best_val_loss": round(fit.best["val_loss"], 6), "epochs": len(fit.history),
-            "trainable_params": sum(p.numel() for n, p in model.named_parameters()
-                                    if n in fit.trained),
-            "total_params": sum(p.numel() for p in model.parameters())}
+    return {
+        "best_epoch": fit.best["epoch"],
+        "best_val_acc": round(fit.best["val_acc"], 6),
+        "best_val_loss": round(fit.best["val_loss"], 6),
+        "epochs": len(fit.history),
+        "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in fit.trained),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }

@@ -1,13 +1,14 @@
 """A trained model as predict and export use it: the network plus everything needed to feed it.
 
 `load(path)` takes a training checkpoint (`models/<S>.pt`) or an exported model (`.onnx`, or a
-TorchScript file) with its sidecar JSON beside it (`<file>.json`, written by export) and returns
-a `Bundle`: a callable from (N, 3, H, W) float32 to (N, C) logits, the class names, the input
-size, the normalisation and the clean settings (`clean.max_short_side`, ...) that say how a photo
-is prepared (transferline/data/images.py). `imagenet(arch)` is the pretrained backbone with its original
-1000-class head and the ImageNet class names torchvision ships (nothing is downloaded).
+TorchScript file) with its sidecar JSON beside it (`<file>.json`, written by export) and returns a
+`Bundle`: a callable from (N, 3, H, W) float32 to (N, C) logits, the class names, the input size,
+the normalisation and the clean settings (`clean.max_short_side`, ...) that say how a photo is
+prepared (transferline/data/images.py). `imagenet(arch)` is the pretrained backbone with its
+original 1000-class head and the ImageNet class names torchvision ships (nothing is downloaded).
 `best_checkpoint` reads metrics/best.json (written by select) to find the chosen model.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,12 @@ SIDECAR_VERSION = 1
 class Bundle:
     model: Callable[[torch.Tensor], torch.Tensor]  # (N, 3, S, S) float32 -> (N, C) logits
     classes: list[str]
-    image_size: int                                # S, px
+    image_size: int  # S, px
     mean: list[float]
     std: list[float]
-    clean: Clean                                   # how a photo is prepared (images.py)
-    kind: str                                      # checkpoint | onnx | torchscript | imagenet
-    source: str                                    # file it came from, or the arch
+    clean: Clean  # how a photo is prepared (images.py)
+    kind: str  # checkpoint | onnx | torchscript | imagenet
+    source: str  # file it came from, or the arch
     meta: dict[str, Any] = field(default_factory=dict)  # checkpoint dict or sidecar
 
     def transform(self, tta: bool = False):
@@ -50,14 +51,17 @@ class Bundle:
 
 # ---- the chosen model -----------------------------------------------------------------------
 
+
 def best_checkpoint(best_json: str | Path, models_dir: str | Path) -> Path:
     """models/<strategy>.pt for the strategy metrics/best.json names."""
     path = Path(best_json)
     try:
         name = json.loads(path.read_text(encoding="utf-8"))["strategy"]
     except FileNotFoundError:
-        raise StageError(f"{path}: not found; run `dvc repro select` to choose the best "
-                         "strategy, or give --model models/<strategy>.pt") from None
+        raise StageError(
+            f"{path}: not found; run `dvc repro select` to choose the best "
+            "strategy, or give --model models/<strategy>.pt"
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise StageError(f"{path}: no strategy in it ({exc}); re-run `dvc repro select`") from None
     return Path(models_dir) / f"{name}.pt"
@@ -65,22 +69,34 @@ def best_checkpoint(best_json: str | Path, models_dir: str | Path) -> Path:
 
 # ---- checkpoints ----------------------------------------------------------------------------
 
+
 def _clean_of(meta: dict, source: Path) -> Clean:
     if "clean" not in meta:
-        raise StageError(f"{source}: records no `clean` settings (a checkpoint from before they "
-                         "were saved); re-run training (dvc repro) to get one predict can use")
+        raise StageError(
+            f"{source}: records no `clean` settings (a checkpoint from before they "
+            "were saved); re-run training (dvc repro) to get one predict can use"
+        )
     return Clean(**meta["clean"])
 
 
 def from_checkpoint(path: Path) -> Bundle:
     model, ckpt = models.load_checkpoint(path)
     tf = ckpt["transform"]
-    return Bundle(model=model, classes=list(ckpt["classes"]), image_size=int(tf["image_size"]),
-                  mean=list(tf["mean"]), std=list(tf["std"]), clean=_clean_of(ckpt, path),
-                  kind="checkpoint", source=str(path), meta=ckpt)
+    return Bundle(
+        model=model,
+        classes=list(ckpt["classes"]),
+        image_size=int(tf["image_size"]),
+        mean=list(tf["mean"]),
+        std=list(tf["std"]),
+        clean=_clean_of(ckpt, path),
+        kind="checkpoint",
+        source=str(path),
+        meta=ckpt,
+    )
 
 
 # ---- exported models ------------------------------------------------------------------------
+
 
 def sidecar_path(model_file: str | Path) -> Path:
     model_file = Path(model_file)
@@ -93,14 +109,26 @@ def sidecar(ckpt: dict, fmt: str, strategy: str) -> dict:
     size = int(tf["image_size"])
     resize = transforms.resize_size(size)
     return {
-        "format": fmt, "version": SIDECAR_VERSION, "strategy": strategy, "arch": ckpt["arch"],
+        "format": fmt,
+        "version": SIDECAR_VERSION,
+        "strategy": strategy,
+        "arch": ckpt["arch"],
         "classes": list(ckpt["classes"]),
-        "input": {"name": "image", "shape": ["batch", 3, size, size], "dtype": "float32",
-                  "layout": "NCHW, RGB"},
-        "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])],
-                   "note": "softmax gives the class probabilities"},
+        "input": {
+            "name": "image",
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["batch", len(ckpt["classes"])],
+            "note": "softmax gives the class probabilities",
+        },
         "normalisation": {"mean": list(tf["mean"]), "std": list(tf["std"])},
-        "image_size": size, "resize_size": resize, "clean": dict(clean),
+        "image_size": size,
+        "resize_size": resize,
+        "clean": dict(clean),
         "preprocessing": [
             "decode the file; apply its EXIF orientation; RGB (transparency composited on white)",
             f"downscale so the shorter side is at most {clean['max_short_side']} px (OpenCV "
@@ -118,6 +146,7 @@ class _OnnxModel:
 
     def __init__(self, path: Path, threads: int | None):
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -146,32 +175,45 @@ def from_exported(path: Path, threads: int | None = None) -> Bundle:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, OSError) as exc:
         raise StageError(f"{side}: unreadable sidecar ({exc}); re-run `dvc repro export`") from None
-    return Bundle(model=_load_exported(path, meta, threads), classes=list(meta["classes"]),
-                  image_size=int(meta["image_size"]), mean=list(meta["normalisation"]["mean"]),
-                  std=list(meta["normalisation"]["std"]), clean=Clean(**meta["clean"]),
-                  kind=meta["format"], source=str(path), meta=meta)
+    return Bundle(
+        model=_load_exported(path, meta, threads),
+        classes=list(meta["classes"]),
+        image_size=int(meta["image_size"]),
+        mean=list(meta["normalisation"]["mean"]),
+        std=list(meta["normalisation"]["std"]),
+        clean=Clean(**meta["clean"]),
+        kind=meta["format"],
+        source=str(path),
+        meta=meta,
+    )
 
 
 def load(path: str | Path, threads: int | None = None) -> Bundle:
     """A checkpoint, or an exported model when its sidecar `<file>.json` is beside it."""
     path = Path(path)
     if not path.is_file():
-        raise StageError(f"{path}: model not found; train one (dvc repro) or give --model "
-                         "models/<strategy>.pt or an exported file (export/model.onnx)")
+        raise StageError(
+            f"{path}: model not found; train one (dvc repro) or give --model "
+            "models/<strategy>.pt or an exported file (export/model.onnx)"
+        )
     if sidecar_path(path).is_file():
         return from_exported(path, threads)
     if path.suffix == ".onnx":
-        raise StageError(f"{path}: no sidecar {sidecar_path(path).name} beside it; export "
-                         "writes one (class names, input size, preprocessing)")
+        raise StageError(
+            f"{path}: no sidecar {sidecar_path(path).name} beside it; export "
+            "writes one (class names, input size, preprocessing)"
+        )
     return from_checkpoint(path)
 
 
 # ---- the pretrained backbone as it came ------------------------------------------------------
 
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet-1k class names in index order, as torchvision ships them (no download;
     the packaged EfficientNet-Lite0 and timm's ImageNet models use the same order)."""
     from torchvision.models import get_model_weights
+
     return list(get_model_weights("resnet18").DEFAULT.meta["categories"])
 
 
@@ -179,5 +221,13 @@ def imagenet(arch: str, clean: Clean | None = None) -> Bundle:
     """`arch` with its pretrained weights and original 1000-class head, fed at 224 px."""
     model = models.backbone(arch, "pretrained").eval()
     mean, std = models.norm_stats(arch)
-    return Bundle(model=model, classes=imagenet_classes(), image_size=IMAGENET_SIZE, mean=mean,
-                  std=std, clean=clean or Clean(), kind="imagenet", source=arch)
+    return Bundle(
+        model=model,
+        classes=imagenet_classes(),
+        image_size=IMAGENET_SIZE,
+        mean=mean,
+        std=std,
+        clean=clean or Clean(),
+        kind="imagenet",
+        source=arch,
+    )

@@ -1,6 +1,7 @@
 """Checkpoints (`models/<strategy>.pt`): self-contained, so `load_checkpoint(path)` rebuilds the
 architecture with random weights (no network) and loads the saved state; written atomically,
 the same tensors giving the same bytes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,17 @@ from transferline.config.errors import StageError
 from transferline.models.registry import build
 from transferline.outputs import atomic as files
 
-CHECKPOINT_KEYS = ("arch", "num_classes", "classes", "transform", "clean", "head", "strategy",
-                   "best_epoch", "select")
+CHECKPOINT_KEYS = (
+    "arch",
+    "num_classes",
+    "classes",
+    "transform",
+    "clean",
+    "head",
+    "strategy",
+    "best_epoch",
+    "select",
+)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
@@ -34,8 +44,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
 def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU, row-major copies of a state dict: the same bytes whether a run used CUDA or
     channels_last."""
-    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-            for k, v in state.items()}
+    return {
+        k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for k, v in state.items()
+    }
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, dict]:

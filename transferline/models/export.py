@@ -26,6 +26,7 @@ differs in those names (and its serialization id), not in the numbers. They are 
 bytes whatever folder the project (and its virtualenv) sits in: the TorchScript archive is
 written without its debug records, which hold absolute source paths.
 """
+
 from __future__ import annotations
 
 import io
@@ -56,10 +57,17 @@ def onnx_bytes(model: torch.nn.Module, size: int, opset: int) -> bytes:
     with warnings.catch_warnings():
         # the TorchScript-based exporter is chosen on purpose (see the module docstring)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(model, (_example(size),), buf, dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (_example(size),),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
     return buf.getvalue()
 
 
@@ -103,8 +111,10 @@ def _check(folder: Path, reference: torch.nn.Module, size: int, tolerance: float
         loaded = bundles.from_exported(folder / name)
         diffs[name] = float(np.abs(_probs(loaded.model, x) - expected).max())
         if diffs[name] > tolerance:
-            raise StageError(f"{name}: probabilities differ from the checkpoint by "
-                             f"{diffs[name]:.2e} > export.tolerance {tolerance}")
+            raise StageError(
+                f"{name}: probabilities differ from the checkpoint by "
+                f"{diffs[name]:.2e} > export.tolerance {tolerance}"
+            )
     return diffs
 
 
@@ -114,8 +124,10 @@ def export(*, model_path: Path, strategy: str, out: Path, settings: Export) -> d
     model, ckpt = models.load_checkpoint(model_path)
     size = int(ckpt["transform"]["image_size"])
     with files.staged_dir(Path(out)) as tmp:  # swapped in once both files pass the check
-        blobs = {ONNX_FILE: ("onnx", onnx_bytes(model, size, settings.opset)),
-                 TORCHSCRIPT_FILE: ("torchscript", torchscript_bytes(model, size))}
+        blobs = {
+            ONNX_FILE: ("onnx", onnx_bytes(model, size, settings.opset)),
+            TORCHSCRIPT_FILE: ("torchscript", torchscript_bytes(model, size)),
+        }
         for name, (fmt, blob) in blobs.items():
             (tmp / name).write_bytes(blob)
             files.write_json(bundles.sidecar_path(tmp / name), bundles.sidecar(ckpt, fmt, strategy))

@@ -1,5 +1,6 @@
 """The new classification head, found and replaced generically: the last `nn.Linear` in the
 module tree (or a richer `Head`), never a try/except on `.fc` vs `.classifier`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,7 @@ class Head(nn.Sequential):
         super().__init__(*layers, nn.Linear(in_features, num_classes))
 
 
-def new_head(in_features: int, num_classes: int, head: Any = None,
-             bias: bool = True) -> nn.Module:
+def new_head(in_features: int, num_classes: int, head: Any = None, bias: bool = True) -> nn.Module:
     """`head` (params.Head or its dict; None = default): one nn.Linear when it has no hidden
     layer and no dropout (the default, state_dict keys as before), else a Head."""
     cfg = head_spec(head)
@@ -39,8 +39,10 @@ def head_spec(head: Any = None) -> dict:
     if hasattr(head, "model_dump"):
         head = head.model_dump()
     head = head or {}
-    return {"hidden": [int(w) for w in head.get("hidden", [])],
-            "dropout": float(head.get("dropout", 0.0))}
+    return {
+        "hidden": [int(w) for w in head.get("hidden", [])],
+        "dropout": float(head.get("dropout", 0.0)),
+    }
 
 
 def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.Module:

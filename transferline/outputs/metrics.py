@@ -9,6 +9,7 @@ by report, so every metrics file has one shape:
 `std` mirrors the nesting of the values, so the spread of `tta.accuracy` is at
 `std.tta.accuracy` (`dvc metrics show` prints it under that name).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -19,6 +19,7 @@ byte-identical files (no timestamps, no software versions in the PNGs).
         --predictions reports/predictions.csv --predictions-gallery reports/predictions.png \
         --out reports/report.md --figures reports/figures
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,17 +56,19 @@ VIEWS_PER_IMAGE = 4  # augmentation grid: each training image shown this many ti
 @dataclass(frozen=True)
 class Run:
     """Everything the train and evaluate stages wrote for one strategy."""
+
     name: str
     arch: str
     weights: str
-    train: dict[str, Any]          # metrics/train/S.json
-    curves: list[dict[str, str]]   # plots/train/S.tsv rows
-    eval: dict[str, Any]           # metrics/eval/S.json
+    train: dict[str, Any]  # metrics/train/S.json
+    curves: list[dict[str, str]]  # plots/train/S.tsv rows
+    eval: dict[str, Any]  # metrics/eval/S.json
     confusion: list[dict[str, str]]  # plots/confusion/S.json records
     per_class: list[dict[str, Any]]  # plots/per_class/S.json records, in class order
 
 
 # ---- inputs ---------------------------------------------------------------------------------
+
 
 def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
     if not path.is_file():
@@ -74,19 +77,32 @@ def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def load_runs(names: Sequence[str], params: Params, *, train_metrics: Path, train_plots: Path,
-              eval_metrics: Path, confusion: Path, per_class: Path) -> list[Run]:
+def load_runs(
+    names: Sequence[str],
+    params: Params,
+    *,
+    train_metrics: Path,
+    train_plots: Path,
+    eval_metrics: Path,
+    confusion: Path,
+    per_class: Path,
+) -> list[Run]:
     """One Run per strategy name, in the given order; a missing file names the stage to run."""
     runs = []
     for name in names:
         strategy = params.strategy(name)
-        runs.append(Run(
-            name=name, arch=strategy.arch, weights=strategy.weights,
-            train=files.read_json(train_metrics / f"{name}.json", f"train@{name}"),
-            curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
-            eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
-            confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}"),
-            per_class=files.read_json(per_class / f"{name}.json", f"evaluate@{name}")))
+        runs.append(
+            Run(
+                name=name,
+                arch=strategy.arch,
+                weights=strategy.weights,
+                train=files.read_json(train_metrics / f"{name}.json", f"train@{name}"),
+                curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
+                eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
+                confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}"),
+                per_class=files.read_json(per_class / f"{name}.json", f"evaluate@{name}"),
+            )
+        )
     return runs
 
 
@@ -95,8 +111,10 @@ def chosen_run(runs: Sequence[Run], best_path: Path) -> tuple[Run, dict]:
     best = files.read_json(best_path, "select")
     by_name = {r.name: r for r in runs}
     if best.get("strategy") not in by_name:
-        raise StageError(f"{best_path}: names strategy {best.get('strategy')!r}, not one of "
-                         f"{list(by_name)}; re-run `dvc repro select`")
+        raise StageError(
+            f"{best_path}: names strategy {best.get('strategy')!r}, not one of "
+            f"{list(by_name)}; re-run `dvc repro select`"
+        )
     return by_name[best["strategy"]], best
 
 
@@ -110,6 +128,7 @@ def read_predictions(path: Path) -> list[dict[str, str]]:
 
 # ---- markdown -------------------------------------------------------------------------------
 
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int) -> list[str]:
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
     return ["| " + " | ".join(map(str, line)) + " |" for line in [header, align, *rows]]
@@ -118,20 +137,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], right_from: int
 def strategy_row(run: Run) -> list[str]:
     """One table row; with several training seeds (train.seeds) scores read mean ± std."""
     t, e = run.train, run.eval
-    return [run.name, run.arch, run.weights, f"{t['trainable_params']:,}", f"{t['epochs']:g}",
-            _score(t, "best_val_acc"), _score(e, "accuracy"), _score(e, "tta.accuracy"),
-            _score(e, "macro_f1"), _score(e, "balanced_accuracy")]
+    return [
+        run.name,
+        run.arch,
+        run.weights,
+        f"{t['trainable_params']:,}",
+        f"{t['epochs']:g}",
+        _score(t, "best_val_acc"),
+        _score(e, "accuracy"),
+        _score(e, "tta.accuracy"),
+        _score(e, "macro_f1"),
+        _score(e, "balanced_accuracy"),
+    ]
 
 
 def _score(metrics: dict, key: str) -> str:
-    """The value at dotted `key`, with " ± std" when the file has one (transferline/outputs/metrics.py)."""
+    """The value at dotted `key`, with " ± std" when the file has one
+    (transferline/outputs/metrics.py)."""
     value, spread = seeds.value_at(metrics, key), seeds.value_at(metrics.get("std", {}), key)
     return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
 
 
 def split_section(classes: Sequence[str], counts: dict[str, Counter]) -> list[str]:
-    rows = [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)]
-            for c in classes]
+    rows = [
+        [c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)] for c in classes
+    ]
     totals = [sum(counts[s].values()) for s in SPLITS]
     rows.append(["**total**", *totals, sum(totals)])
     return _table(["class", *SPLITS, "total"], rows, right_from=1)
@@ -147,7 +177,9 @@ def best_section(best: Run, choice: dict) -> list[str]:
         f"the choice, so its test accuracy, **{test['accuracy']:.4f}** (macro-F1 "
         f"{test['macro_f1']:.4f}), is an unbiased estimate of how it does on new images; the "
         "best test score in the table above is not (picking by it would use the test split "
-        "to choose). `predict` and `export` use this strategy.", ""]
+        "to choose). `predict` and `export` use this strategy.",
+        "",
+    ]
 
 
 def predictions_section(rows: Sequence[dict[str, str]], link: str) -> list[str]:
@@ -155,52 +187,100 @@ def predictions_section(rows: Sequence[dict[str, str]], link: str) -> list[str]:
     failed = [r for r in rows if r["error"]]
     lines = ["## Predictions on unlabelled images", ""]
     if not rows:
-        return lines + ["No unlabelled images (`predict.images` is null and the dataset is not "
-                        "generated); `reports/predictions.csv` has the header only.", ""]
-    lines += [f"{len(ok)} images classified by the best strategy "
-              "(`reports/predictions.csv` has the top-k of each)"
-              + (f"; {len(failed)} could not be used:" if failed else "."), ""]
+        return lines + [
+            "No unlabelled images (`predict.images` is null and the dataset is not "
+            "generated); `reports/predictions.csv` has the header only.",
+            "",
+        ]
+    lines += [
+        f"{len(ok)} images classified by the best strategy "
+        "(`reports/predictions.csv` has the top-k of each)"
+        + (f"; {len(failed)} could not be used:" if failed else "."),
+        "",
+    ]
     lines += [f"- `{r['file']}`: {r['error']}" for r in failed]
     return lines + ([""] if failed else []) + [f"![predictions]({link})", ""]
 
 
-def render_markdown(*, dataset: str, classes: Sequence[str], counts: dict[str, Counter],
-                    runs: Sequence[Run], best: Run, choice: dict, links: dict[str, str],
-                    predictions: Sequence[dict[str, str]]) -> str:
-    header = ["strategy", "arch", "weights", "trainable params", "epochs run", "best val acc",
-              "test accuracy", "TTA accuracy", "macro-F1", "balanced acc"]
-    per_class = [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
-                  r["support"]] for r in best.per_class]
+def render_markdown(
+    *,
+    dataset: str,
+    classes: Sequence[str],
+    counts: dict[str, Counter],
+    runs: Sequence[Run],
+    best: Run,
+    choice: dict,
+    links: dict[str, str],
+    predictions: Sequence[dict[str, str]],
+) -> str:
+    header = [
+        "strategy",
+        "arch",
+        "weights",
+        "trainable params",
+        "epochs run",
+        "best val acc",
+        "test accuracy",
+        "TTA accuracy",
+        "macro-F1",
+        "balanced acc",
+    ]
+    per_class = [
+        [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+        for r in best.per_class
+    ]
     lines = [
-        f"# transferline report: {dataset}", "",
-        f"{len(classes)} classes: {', '.join(classes)}.", "",
-        *split_section(classes, counts), "",
-        "## Strategies", "",
+        f"# transferline report: {dataset}",
+        "",
+        f"{len(classes)} classes: {', '.join(classes)}.",
+        "",
+        *split_section(classes, counts),
+        "",
+        "## Strategies",
+        "",
         "Scores on the test split. TTA: softmax averaged over five crops (and their mirror "
         "images when `evaluate.tta_flip`); best val acc: at the epoch the model was kept. "
-        "With `train.seeds` above 1, each score is the mean ± std over the seeds.", "",
-        *_table(header, [strategy_row(r) for r in runs], right_from=3), "",
+        "With `train.seeds` above 1, each score is the mean ± std over the seeds.",
+        "",
+        *_table(header, [strategy_row(r) for r in runs], right_from=3),
+        "",
         *best_section(best, choice),
-        f"Per class on the test split ({best.name}, single crop):", "",
-        *_table(["class", "precision", "recall", "F1", "support"], per_class, right_from=1), "",
-        "## Figures", "",
-        "### Training curves", "",
-        "Dotted lines mark where a new training phase starts.", "",
-        *[line for r in runs
-          for line in (f"![{r.name} training curves]({links['curves-' + r.name]})", "")],
-        "### Confusion matrices (test split, single crop)", "",
-        f"![confusion matrices]({links['confusion']})", "",
-        f"### Test predictions ({best.name})", "",
-        "Titled predicted / true; mistakes first, in red.", "",
-        f"![test predictions]({links['gallery']})", "",
-        "### Augmented training samples", "",
-        f"![augmented training samples]({links['augment']})", "",
+        f"Per class on the test split ({best.name}, single crop):",
+        "",
+        *_table(["class", "precision", "recall", "F1", "support"], per_class, right_from=1),
+        "",
+        "## Figures",
+        "",
+        "### Training curves",
+        "",
+        "Dotted lines mark where a new training phase starts.",
+        "",
+        *[
+            line
+            for r in runs
+            for line in (f"![{r.name} training curves]({links['curves-' + r.name]})", "")
+        ],
+        "### Confusion matrices (test split, single crop)",
+        "",
+        f"![confusion matrices]({links['confusion']})",
+        "",
+        f"### Test predictions ({best.name})",
+        "",
+        "Titled predicted / true; mistakes first, in red.",
+        "",
+        f"![test predictions]({links['gallery']})",
+        "",
+        "### Augmented training samples",
+        "",
+        f"![augmented training samples]({links['augment']})",
+        "",
         *predictions_section(predictions, links["predictions"]),
     ]
     return "\n".join(lines)
 
 
 # ---- figures --------------------------------------------------------------------------------
+
 
 def _column(rows: Sequence[dict[str, str]], key: str) -> np.ndarray:
     return np.array([float(r[key]) for r in rows])
@@ -212,8 +292,11 @@ def curves_figure(run: Run, path: Path) -> None:
     phases = [r["phase"] for r in run.curves]
     starts = [epochs[i] - 0.5 for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
     fig = Figure(figsize=(12, 3.4), layout="constrained")
-    panels = {"learning rate": ["lr"], "loss": ["train_loss", "val_loss"],
-              "accuracy": ["train_acc", "val_acc"]}
+    panels = {
+        "learning rate": ["lr"],
+        "loss": ["train_loss", "val_loss"],
+        "accuracy": ["train_acc", "val_acc"],
+    }
     for ax, (title, keys) in zip(fig.subplots(1, 3), panels.items()):
         for key in keys:
             ax.plot(epochs, _column(run.curves, key), marker=".", label=key)
@@ -226,21 +309,25 @@ def curves_figure(run: Run, path: Path) -> None:
     png.save(fig, path)
 
 
-def confusion_matrix(records: Sequence[dict[str, str]], classes: Sequence[str],
-                     source: str) -> np.ndarray:
+def confusion_matrix(
+    records: Sequence[dict[str, str]], classes: Sequence[str], source: str
+) -> np.ndarray:
     """(C, C) counts, rows = actual, columns = predicted."""
     index = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     for r in records:
         if r["actual"] not in index or r["predicted"] not in index:
-            raise StageError(f"{source}: class {r['actual']!r} or {r['predicted']!r} is not in "
-                             f"data/split/classes.json; re-run `dvc repro` to refresh it")
+            raise StageError(
+                f"{source}: class {r['actual']!r} or {r['predicted']!r} is not in "
+                f"data/split/classes.json; re-run `dvc repro` to refresh it"
+            )
         counts[index[r["actual"]], index[r["predicted"]]] += 1
     return counts
 
 
-def confusion_figure(runs: Sequence[Run], classes: Sequence[str], path: Path,
-                     confusion_dir: Path) -> None:
+def confusion_figure(
+    runs: Sequence[Run], classes: Sequence[str], path: Path, confusion_dir: Path
+) -> None:
     n, k = len(runs), len(classes)
     side = min(9.0, 2.5 + 0.4 * k)  # inches per matrix
     fig = Figure(figsize=(side * n, side + 0.5), layout="constrained")
@@ -250,13 +337,21 @@ def confusion_figure(runs: Sequence[Run], classes: Sequence[str], path: Path,
         ticks = range(k) if k <= 40 else []
         ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=90, fontsize="small")
         ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize="small")
-        ax.set(title=f"{run.name}: acc {run.eval['accuracy']:.3f}", xlabel="predicted",
-               ylabel="actual")
+        ax.set(
+            title=f"{run.name}: acc {run.eval['accuracy']:.3f}", xlabel="predicted", ylabel="actual"
+        )
         if k <= 20:  # beyond that the numbers overlap
             top = counts.max() or 1
             for (i, j), c in np.ndenumerate(counts):
-                ax.text(j, i, str(c), ha="center", va="center", fontsize="small",
-                        color="white" if c > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(c),
+                    ha="center",
+                    va="center",
+                    fontsize="small",
+                    color="white" if c > top / 2 else "black",
+                )
     png.save(fig, path)
 
 
@@ -270,20 +365,25 @@ def _image(clean_dir: Path, rel: str):
     """(3, H, W) uint8 as the training loader sees it."""
     path = clean_dir / rel
     if not path.is_file():
-        raise StageError(f"{path}: image listed in data/split or plots/confusion is missing; "
-                         "re-run `dvc repro` to rebuild data/clean")
+        raise StageError(
+            f"{path}: image listed in data/split or plots/confusion is missing; "
+            "re-run `dvc repro` to rebuild data/clean"
+        )
     return transforms.read_image(path)
 
 
-def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path,
-                   path: Path) -> None:
+def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path, path: Path) -> None:
     chosen = gallery_records(records, n)
     fig, axes = png.grid(max(len(chosen), 1), min(max(len(chosen), 1), 4), 2.2)
     for ax, r in zip(axes, chosen):
         wrong = r["actual"] != r["predicted"]
         ax.imshow(png.hwc(_image(clean_dir, r["path"])))
-        ax.set_title(f"{r['predicted']} / {r['actual']}", fontsize="small",
-                     color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
+        ax.set_title(
+            f"{r['predicted']} / {r['actual']}",
+            fontsize="small",
+            color="red" if wrong else "black",
+            fontweight="bold" if wrong else "normal",
+        )
         if wrong:  # a red frame as well as a red title
             ax.set_axis_on()
             ax.set_xticks([])
@@ -294,15 +394,17 @@ def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path,
     png.save(fig, path)
 
 
-def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean_dir: Path,
-                   path: Path) -> None:
+def augment_figure(
+    rows: Sequence[dict[str, str]], n: int, params: Params, clean_dir: Path, path: Path
+) -> None:
     """n augmented views of training images (VIEWS_PER_IMAGE per image, one image per row),
     images picked and augmented from `seed`."""
     if not rows:
         raise StageError("data/split/train.csv has no rows; nothing to show as augmentation")
     train = params.train
-    tf = transforms.train_transform(image_size=params.image_size, augment=train.augment,
-                                    mean=MEAN, std=STD)
+    tf = transforms.train_transform(
+        image_size=params.image_size, augment=train.augment, mean=MEAN, std=STD
+    )
     cols = min(n, VIEWS_PER_IMAGE)
     rng = np.random.default_rng(params.seed)
     picks = rng.choice(len(rows), size=min(len(rows), math.ceil(n / cols)), replace=False)
@@ -319,20 +421,41 @@ def augment_figure(rows: Sequence[dict[str, str]], n: int, params: Params, clean
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots: Path,
-           eval_metrics: Path, confusion: Path, per_class: Path, best: Path, predictions: Path,
-           predictions_gallery: Path, out: Path, figures: Path,
-           params: Params) -> dict[str, Any]:
+
+def report(
+    *,
+    clean_dir: Path,
+    split_dir: Path,
+    train_metrics: Path,
+    train_plots: Path,
+    eval_metrics: Path,
+    confusion: Path,
+    per_class: Path,
+    best: Path,
+    predictions: Path,
+    predictions_gallery: Path,
+    out: Path,
+    figures: Path,
+    params: Params,
+) -> dict[str, Any]:
     """Write report.md and its figures; return the best strategy, the table rows and the
     figure links (relative to report.md). `best` is metrics/best.json (select);
     `predictions` and `predictions_gallery` are the predict stage's CSV and PNG, linked."""
     clean_dir, split_dir, out, figures = map(Path, (clean_dir, split_dir, out, figures))
-    runs = load_runs(list(params.strategies), params, train_metrics=Path(train_metrics),
-                     train_plots=Path(train_plots), eval_metrics=Path(eval_metrics),
-                     confusion=Path(confusion), per_class=Path(per_class))
+    runs = load_runs(
+        list(params.strategies),
+        params,
+        train_metrics=Path(train_metrics),
+        train_plots=Path(train_plots),
+        eval_metrics=Path(eval_metrics),
+        confusion=Path(confusion),
+        per_class=Path(per_class),
+    )
     classes = data.read_classes(split_dir)
-    rows = {s: [{"path": path, "class": classes[label]}
-                for path, label in data.read_rows(split_dir, s)] for s in SPLITS}
+    rows = {
+        s: [{"path": path, "class": classes[label]} for path, label in data.read_rows(split_dir, s)]
+        for s in SPLITS
+    }
     counts = {s: Counter(r["class"] for r in rows[s]) for s in SPLITS}
     best_run, choice = chosen_run(runs, Path(best))
     predicted = read_predictions(Path(predictions))
@@ -342,18 +465,38 @@ def report(*, clean_dir: Path, split_dir: Path, train_metrics: Path, train_plots
     # the figures are swapped in first, then report.md replaced: an earlier report survives a
     # failed run, and a new report.md never links to figures that are not there yet
     with files.staged_dir(figures) as fig_dir, style.context("default"):  # no user matplotlibrc
-        steps = [*(partial(curves_figure, run, fig_dir / f"curves-{run.name}.png") for run in runs),
-                 partial(confusion_figure, runs, classes, fig_dir / "confusion.png",
-                         Path(confusion)),
-                 partial(gallery_figure, best_run.confusion, params.report.gallery, clean_dir,
-                         fig_dir / "gallery.png"),
-                 partial(augment_figure, rows["train"], params.report.augment_samples, params,
-                         clean_dir, fig_dir / "augment.png")]
-        for draw in tqdm(steps, desc="figures", unit="figure", leave=False, disable=None,
-                         file=sys.stderr):
+        steps = [
+            *(partial(curves_figure, run, fig_dir / f"curves-{run.name}.png") for run in runs),
+            partial(confusion_figure, runs, classes, fig_dir / "confusion.png", Path(confusion)),
+            partial(
+                gallery_figure,
+                best_run.confusion,
+                params.report.gallery,
+                clean_dir,
+                fig_dir / "gallery.png",
+            ),
+            partial(
+                augment_figure,
+                rows["train"],
+                params.report.augment_samples,
+                params,
+                clean_dir,
+                fig_dir / "augment.png",
+            ),
+        ]
+        for draw in tqdm(
+            steps, desc="figures", unit="figure", leave=False, disable=None, file=sys.stderr
+        ):
             draw()
-        text = render_markdown(dataset=params.dataset, classes=classes, counts=counts,
-                               runs=runs, best=best_run, choice=choice, links=links,
-                               predictions=predicted)
+        text = render_markdown(
+            dataset=params.dataset,
+            classes=classes,
+            counts=counts,
+            runs=runs,
+            best=best_run,
+            choice=choice,
+            links=links,
+            predictions=predicted,
+        )
     files.write_text(out, text)
     return {"best": best_run.name, "rows": [strategy_row(r) for r in runs], "links": links}

@@ -1,6 +1,7 @@
 """PNG figures that are byte-identical for the same content: fixed size and DPI, no software
 version in the metadata, matplotlib's default style whatever the user's matplotlibrc says.
 Shared by report and predict."""
+
 from __future__ import annotations
 
 import math

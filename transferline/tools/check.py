@@ -1,4 +1,5 @@
-"""Reproducibility check: re-run the pipeline from a clean clone and compare with what was committed.
+"""Reproducibility check: re-run the pipeline from a clean clone and compare with what was
+committed.
 
     transferline check [--rev REV] [--keep]        (or: make check REV=...)
 
@@ -19,6 +20,7 @@ there with this Python environment, then compares:
 Prints a table (metric, committed, reproduced, tolerance, verdict) and exits 1 when anything
 drifted, 2 when the check itself could not run. The tolerances are read from REV's params.yaml.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +45,7 @@ OK, DRIFT, MISSING = "ok", "DRIFT", "MISSING"
 
 @dataclass(frozen=True)
 class Row:
-    metric: str          # "path:key.sub"
+    metric: str  # "path:key.sub"
     committed: object
     reproduced: object
     tolerance: float | None
@@ -53,6 +55,7 @@ class Row:
 @dataclass(frozen=True)
 class Counts:
     """The images a split holds (metrics/split.json): what a score on it is counted over."""
+
     total: int
     classes: dict[str, int]
 
@@ -63,8 +66,11 @@ class Counts:
 
 def split_counts(split_metrics: dict) -> dict[str, Counts]:
     """{split: Counts} from split.json's {"test": {"total": n, "classes": {...}}, ...}."""
-    return {name: Counts(int(v["total"]), {c: int(k) for c, k in v["classes"].items()})
-            for name, v in split_metrics.items() if isinstance(v, dict) and v.get("classes")}
+    return {
+        name: Counts(int(v["total"]), {c: int(k) for c, k in v["classes"].items()})
+        for name, v in split_metrics.items()
+        if isinstance(v, dict) and v.get("classes")
+    }
 
 
 # How far a score can move when `k` images change their predicted class, by the key's last part:
@@ -82,8 +88,9 @@ SCORE_BOUNDS = (
 def image_bound(metric: str, check: P.Check, counts: dict[str, Counts]) -> float | None:
     """The tolerance of a score counted on images: `check.images` images' worth, or None when
     `metric` is not one (or its split's counts are unknown)."""
-    split = next((s for pattern, s in check.counted_on.items()
-                  if fnmatch.fnmatchcase(metric, pattern)), None)
+    split = next(
+        (s for pattern, s in check.counted_on.items() if fnmatch.fnmatchcase(metric, pattern)), None
+    )
     if split is None or split not in counts:
         return None
     leaf = metric.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
@@ -93,8 +100,9 @@ def image_bound(metric: str, check: P.Check, counts: dict[str, Counts]) -> float
     return None
 
 
-def tolerance_for(metric: str, check: P.Check, counts: dict[str, Counts] | None = None
-                  ) -> float | None:
+def tolerance_for(
+    metric: str, check: P.Check, counts: dict[str, Counts] | None = None
+) -> float | None:
     """Absolute tolerance for "path:key": None = not compared (`ignore`); else the first
     matching `tolerances` pattern, the image-count bound of a score, or `tolerance`."""
     if any(fnmatch.fnmatchcase(metric, pattern) for pattern in check.ignore):
@@ -106,8 +114,9 @@ def tolerance_for(metric: str, check: P.Check, counts: dict[str, Counts] | None 
     return check.tolerance if bound is None else round(bound, 6)
 
 
-def compare_metrics(diff: dict, check: P.Check, counts: dict[str, Counts] | None = None
-                    ) -> list[Row]:
+def compare_metrics(
+    diff: dict, check: P.Check, counts: dict[str, Counts] | None = None
+) -> list[Row]:
     """Rows from `dvc metrics diff --all --json` output ({path: {key: {old, new}}})."""
     rows = []
     for path in sorted(diff):
@@ -127,8 +136,11 @@ def compare_metrics(diff: dict, check: P.Check, counts: dict[str, Counts] | None
     return rows
 
 
-def compare_data_stages(committed_lock: dict, reproduced_lock: dict, stages: list[str]) -> list[Row]:
+def compare_data_stages(
+    committed_lock: dict, reproduced_lock: dict, stages: list[str]
+) -> list[Row]:
     """One row per output of each data stage: its hash must not change."""
+
     def outs(lock: dict, stage: str) -> dict[str, str]:
         entry = lock.get("stages", {}).get(stage, {})
         return {o["path"]: o.get("md5") for o in entry.get("outs", [])}
@@ -152,8 +164,10 @@ def format_table(rows: list[Row]) -> str:
         return str(v)[:12] if isinstance(v, str) and len(v) == 32 else str(v)
 
     table = [("metric", "committed", "reproduced", "tolerance", "verdict")]
-    table += [(r.metric, cell(r.committed), cell(r.reproduced), cell(r.tolerance), r.verdict)
-              for r in rows]
+    table += [
+        (r.metric, cell(r.committed), cell(r.reproduced), cell(r.tolerance), r.verdict)
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in table) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -161,8 +175,14 @@ def format_table(rows: list[Row]) -> str:
 
 
 def sh(cmd: list[str], cwd: Path, env: dict, log=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if log else subprocess.PIPE)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE,
+    )
     if log is not None:
         log.write(proc.stdout)
     if proc.returncode != 0:
@@ -190,21 +210,32 @@ def tool_env() -> dict:
 def check(repo: Path, rev: str, workdir: Path, log) -> list[Row]:
     env = tool_env()
     clone(repo, rev, workdir, env)
-    committed_lock = yaml.safe_load((workdir / "dvc.lock").read_text()) \
-        if (workdir / "dvc.lock").exists() else {}
+    committed_lock = (
+        yaml.safe_load((workdir / "dvc.lock").read_text())
+        if (workdir / "dvc.lock").exists()
+        else {}
+    )
     params = P.load(workdir / "params.yaml")
     print(f"reproducing {rev} in {workdir} (log: {log.name}) ...", file=sys.stderr)
     sh(["dvc", "repro", "--force"], workdir, env, log=log)
     reproduced_lock = yaml.safe_load((workdir / "dvc.lock").read_text())
-    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], workdir,
-                         env).stdout or "{}")
+    diff = json.loads(
+        sh(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], workdir, env).stdout or "{}"
+    )
     rows = compare_data_stages(committed_lock, reproduced_lock, params.check.data_stages)
     split_json = workdir / params.check.counts
     counts = split_counts(json.loads(split_json.read_text())) if split_json.is_file() else {}
     rows += compare_metrics(diff, params.check, counts)
     status = json.loads(sh(["dvc", "status", "--json"], workdir, env).stdout or "{}")
-    rows.append(Row("dvc status", "clean", "clean" if not status else json.dumps(status)[:60],
-                    None, OK if not status else DRIFT))
+    rows.append(
+        Row(
+            "dvc status",
+            "clean",
+            "clean" if not status else json.dumps(status)[:60],
+            None,
+            OK if not status else DRIFT,
+        )
+    )
     return rows
 
 
@@ -214,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone")
     ap.add_argument("--log-dir", default="logs", help="where the run's log goes (untracked)")
     args = ap.parse_args(argv)
-    repo = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
-                               text=True, check=True).stdout.strip())
+    repo = Path(
+        subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     log_dir = repo / args.log_dir
     log_dir.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="transferline-check-"))
@@ -233,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     bad = [r for r in rows if r.verdict != OK]
     if bad:
-        print(f"\n{len(bad)} of {len(rows)} checks drifted: "
-              + ", ".join(r.metric for r in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        print(
+            f"\n{len(bad)} of {len(rows)} checks drifted: "
+            + ", ".join(r.metric for r in bad[:10])
+            + (" ..." if len(bad) > 10 else "")
+        )
         return 1
     print(f"\nreproduced: all {len(rows)} checks agree with {args.rev}")
     return 0

@@ -8,6 +8,7 @@ for each headline metric, every strategy's base value, new value and change in o
 A metrics file present on one side only shows as "-" (DVC's `--json` reports it as null with
 exit status 0, which is easy to miss).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,7 @@ HEADLINE = ["accuracy", "tta.accuracy", "macro_f1", "balanced_accuracy", "log_lo
 
 def group_by_strategy(diff: dict, folder: str = "metrics/eval/") -> dict[str, dict]:
     """{strategy: {key: {"old", "new"}}} for the per-strategy evaluation files."""
-    return {Path(path).stem: keys for path, keys in sorted(diff.items())
-            if path.startswith(folder)}
+    return {Path(path).stem: keys for path, keys in sorted(diff.items()) if path.startswith(folder)}
 
 
 def fmt(value) -> str:
@@ -45,22 +45,29 @@ def render(diff: dict, base: str, head: str = "workspace") -> str:
         rows = [(name, keys[key]) for name, keys in strategies.items() if key in keys]
         if not rows:
             continue
-        lines += [f"**{key}**", "", f"| strategy | {base} | {head} | change |",
-                  "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {fmt(v.get('old'))} | {fmt(v.get('new'))} | "
-                  f"{change(v.get('old'), v.get('new'))} |" for name, v in rows]
+        lines += [
+            f"**{key}**",
+            "",
+            f"| strategy | {base} | {head} | change |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {name} | {fmt(v.get('old'))} | {fmt(v.get('new'))} | "
+            f"{change(v.get('old'), v.get('new'))} |"
+            for name, v in rows
+        ]
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="transferline compare",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="transferline compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("base", help="git revision to compare against (e.g. main, origin/main)")
     ap.add_argument("--out", help="write the markdown here instead of stdout")
     args = ap.parse_args(argv)
-    proc = subprocess.run(["dvc", "metrics", "diff", args.base, "--all", "--json"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["dvc", "metrics", "diff", args.base, "--all", "--json"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         print(f"error: dvc metrics diff {args.base} failed:\n{proc.stderr}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ determined by the pinned wheel) is git-ignored rather than committed.
 
     transferline plots-template --out .dvc/plots.html   (make install runs it)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ PAGE = """<!DOCTYPE html>
     {refresh_tag}
     <title>DVC Plot</title>
     <!-- Vega %(vega)s, Vega-Lite %(vega_lite)s, vega-embed %(embed)s, inlined from
-         vl-convert-python %(vl_convert)s by transferline/tools/plots_template.py: no network needed -->
+         vl-convert-python %(vl_convert)s by `transferline plots-template`: no network needed -->
     <script>(function () {  // its own scope: only vegaEmbed, vega, vegaLite become globals
 %(bundle)s
 })();</script>
@@ -52,28 +53,41 @@ def page() -> str:
     bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE)
     # an inline script ends at the first "</script"; DVC would replace a placeholder inside it
     assert "</script" not in bundle.lower(), "the bundle holds '</script': it cannot be inlined"
-    assert not any(p in bundle for p in PLACEHOLDERS + ("{scripts}",)), \
+    assert not any(p in bundle for p in PLACEHOLDERS + ("{scripts}",)), (
         "the bundle holds a DVC placeholder"
-    return PAGE % {"bundle": bundle, "vega": vl_convert.get_vega_version(),
-                   "vega_lite": VEGA_LITE, "embed": vl_convert.get_vega_embed_version(),
-                   "vl_convert": _version()}
+    )
+    return PAGE % {
+        "bundle": bundle,
+        "vega": vl_convert.get_vega_version(),
+        "vega_lite": VEGA_LITE,
+        "embed": vl_convert.get_vega_embed_version(),
+        "vl_convert": _version(),
+    }
 
 
 def _version() -> str:
     from importlib.metadata import version
+
     return version("vl-convert-python")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="transferline plots-template",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(".dvc/plots.html"),
-                        help="where to write the template (default: .dvc/plots.html)")
+    parser = argparse.ArgumentParser(
+        prog="transferline plots-template", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(".dvc/plots.html"),
+        help="where to write the template (default: .dvc/plots.html)",
+    )
     args = parser.parse_args(argv)
     text = page()
     write_text(args.out, text)  # atomic: an interrupted run leaves no half-written page
-    print(f"{args.out}: {len(text.encode()) / 1e6:.1f} MB, Vega-Lite {VEGA_LITE} inlined",
-          file=sys.stderr)
+    print(
+        f"{args.out}: {len(text.encode()) / 1e6:.1f} MB, Vega-Lite {VEGA_LITE} inlined",
+        file=sys.stderr,
+    )
     return 0
 
 
