@@ -20,7 +20,7 @@ import yaml
 from transferline.config.errors import StageError, disk_error
 from transferline.outputs import atomic as files
 
-from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
+from helpers import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
 
 PREVIOUS = "previous manifest\n"
 
@@ -199,3 +199,114 @@ def test_staged_dir_leaves_an_inputs_error_to_run_main(tmp_path):
             raise OSError(errno.EACCES, "Permission denied", str(tmp_path / "data/raw/a.zip"))
     assert not isinstance(err.value, StageError)
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+# ---- kill -9 in the middle of export and predict ----------------------------------------------
+
+# The real stage in a child process, made to stop mid-write at a known point: `pause` wraps one
+# library function so that, once it has run, the child writes a marker file and waits forever.
+# The test waits for the marker (an event, not a number of seconds) and then kills the child.
+PAUSED_STAGE = """
+import functools, importlib, runpy, signal, sys
+from pathlib import Path
+module, name, marker = sys.argv[1:4]
+mod = importlib.import_module(module)
+real = getattr(mod, name)
+@functools.wraps(real)
+def pause(*a, **k):
+    out = real(*a, **k)
+    Path(marker).write_text("mid-write")
+    signal.pause()
+setattr(mod, name, pause)
+sys.argv = [sys.argv[4]] + sys.argv[5:]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+KILLED = {  # stage -> (function it pauses after, its arguments, the output, the temporary's glob)
+    "export": (
+        "transferline.models.export",
+        "torchscript_bytes",
+        ["--model", "models/m.pt", "--out", "export"],
+        "export",
+        ".export.tmp-*",
+    ),
+    "predict": (
+        "transferline.data.demo",
+        "unlabelled_images",
+        [
+            "--unlabelled",
+            "data/unlabelled",
+            "--best",
+            "best.json",
+            "--models",
+            "models",
+            "--csv",
+            "p.csv",
+            "--gallery",
+            "p.png",
+        ],
+        "data/unlabelled",
+        "data/.unlabelled.tmp-*",
+    ),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(KILLED))
+def test_kill_9_in_export_or_predict_leaves_no_untracked_temporary(stage, tmp_path, params_raw):
+    from transferline import models
+
+    from helpers import checkpoint_meta
+
+    module, function, args, output, pattern = KILLED[stage]
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
+    params_raw["predict"].update(demo_images=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    torch_model = models.build("cnn1", 3, "none")
+    models.save_checkpoint(
+        repo / "models" / "m.pt", torch_model, checkpoint_meta("cnn1", ("a", "b", "c"), 32)
+    )
+    (repo / "best.json").write_text('{"strategy": "m"}')
+    (repo / output).mkdir(parents=True)
+    (repo / output / "previous.txt").write_text("previous\n")
+    run(["git", "init", "-q"], repo)
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PAUSED_STAGE,
+            module,
+            function,
+            str(marker),
+            f"stages.{stage}",
+            *args,
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        text=True,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"{stage} never reached {function}"
+        time.sleep(0.01)
+    (tmp,) = repo.glob(pattern)  # mid-write: the new output is being built beside the old
+    proc.kill()
+    proc.communicate()
+    assert (repo / output / "previous.txt").read_text() == "previous\n"
+    status = run(["git", "status", "--porcelain", "-uall"], repo).stdout
+    assert ".tmp-" not in status, status  # git-ignored, so `git add -A` never picks it up
+    assert tmp.is_dir()
+    done = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", *args],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not list(repo.glob(pattern)) and not tmp.exists()  # the next run removed it
+    assert not (repo / output / "previous.txt").exists()  # and replaced the output whole

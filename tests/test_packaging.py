@@ -15,7 +15,7 @@ import pytest
 
 from transferline import cli
 
-from conftest import ROOT
+from helpers import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import DVC, ROOT, make_project_repo, run
+from helpers import DVC, ROOT, make_project_repo, run
 
 pytestmark = pytest.mark.slow
 

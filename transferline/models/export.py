@@ -9,7 +9,7 @@ Reads `metrics/best.json` (the select stage's choice) and `models/<S>.pt`. Write
 
 Both take a float32 (N, 3, S, S) batch (N free, S the training `image_size`) prepared as the
 sidecar's `preprocessing` lists, and return (N, C) logits; the sidecar also holds the class
-names, normalisation and clean settings, so `python -m stages.predict --model export/model.onnx`
+names, normalisation and clean settings, so `transferline predict --model export/model.onnx`
 works with it. Before anything is written, both files are run on seeded random inputs and
 must give the checkpoint's probabilities within `export.tolerance`.
 

@@ -18,7 +18,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import Split
 from transferline.data.split import natural_key, split_dataset
 
-from conftest import ROOT, run
+from helpers import ROOT, run
 
 MANIFEST_COLUMNS = ["path", "class", "split", "source", "width", "height", "sha256"]
 SPLITS = ("train", "val", "test")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import DVC, ROOT, make_project_repo, run
+from helpers import DVC, ROOT, make_project_repo, run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's name first
 CHROMIUM = next((path for path in map(shutil.which, BROWSERS) if path), None)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import DVC, ROOT, run
+from helpers import DVC, ROOT, run
 
 MAKE_DATA = """import random, sys
 random.seed(None if len(sys.argv) > 1 else 0)

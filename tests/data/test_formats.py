@@ -21,7 +21,7 @@ from transferline.config.params import DatasetFormat, Extract, validate
 from transferline.data.extract import extract_all
 from transferline.data.formats import CONVERTERS
 
-from conftest import DVC, make_project_repo, run
+from helpers import DVC, make_project_repo, run
 from official_archives import (
     CIFAR_NAMES,
     cifar_batch,

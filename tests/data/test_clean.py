@@ -22,7 +22,7 @@ from transferline.config.params import Clean
 from transferline.data import clean as clean_mod
 from transferline.data.clean import clean, discover, jpeg_complete, judge
 
-from conftest import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
+from helpers import ROOT, extracted_tree, make_image_folder, run, run_clean, write_image
 
 PARAMS = Clean(workers=1)
 

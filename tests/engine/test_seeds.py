@@ -11,7 +11,7 @@ from transferline.engine import evaluate
 from transferline.outputs.metrics import mean_std
 from transferline.report.document import Run, strategy_row
 
-from conftest import make_clean_split, make_params, run_train
+from helpers import make_clean_split, make_params, run_train
 
 
 def test_mean_std_means_every_number_and_nests_the_spread_like_the_value():

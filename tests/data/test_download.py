@@ -22,7 +22,7 @@ from transferline.config.params import Dataset, Download, Extract
 from transferline.data.download import download_dataset, fetch_to_cache
 from transferline.data.extract import extract_all
 
-from conftest import ROOT, make_image_folder, zip_folder
+from helpers import ROOT, make_image_folder, zip_folder
 
 FAST = Download(timeout=5.0, retries=2, backoff=0.0)  # no sleeping between retries in tests
 

@@ -23,7 +23,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import Extract
 from transferline.data.extract import dir_name, extract_all
 
-from conftest import ROOT
+from helpers import ROOT
 
 FILES = {
     "imgs/a/1.jpg": b"\xff\xd8one",

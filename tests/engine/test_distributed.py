@@ -19,7 +19,7 @@ import yaml
 from transferline.config.params import validate
 from transferline.data import datasets as data
 
-from conftest import ROOT, make_image_folder
+from helpers import ROOT, make_image_folder
 
 CLASSES = ("a", "b", "c")
 

@@ -13,7 +13,7 @@ import pytest
 from transferline.config.errors import StageError
 from transferline.outputs import atomic as files
 
-from conftest import ROOT, run
+from helpers import ROOT, run
 
 
 def _listing(folder: Path) -> dict[str, bytes]:

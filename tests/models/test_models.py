@@ -15,7 +15,7 @@ from transferline.config import archs
 from transferline.config.errors import StageError
 from transferline.data.transforms import eval_transform
 
-from conftest import checkpoint_meta
+from helpers import checkpoint_meta
 
 REQUIRED = [
     "resnet18",

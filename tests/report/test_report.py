@@ -16,7 +16,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import validate
 from transferline.report.document import confusion_matrix, gallery_records, report
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 CLASSES = ["a", "b", "c"]
 # Deliberately not alphabetical: the table must follow params.yaml's order.

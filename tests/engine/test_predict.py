@@ -30,7 +30,7 @@ from transferline.engine import predict
 from transferline.engine.inference import predict_probs
 from transferline.models import bundle
 
-from conftest import checkpoint_meta, make_image_folder, write_image
+from helpers import checkpoint_meta, make_image_folder, write_image
 
 CLASSES = ("a", "b", "c")
 CLEAN = Clean(max_short_side=32, workers=1)  # small, so every test image is downscaled

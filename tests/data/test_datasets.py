@@ -13,7 +13,7 @@ from transferline.config.params import Augment
 from transferline.data import datasets as data
 from transferline.data.transforms import train_transform
 
-from conftest import make_clean_split
+from helpers import make_clean_split
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from conftest import DVC, make_project_repo, run, zip_folder
+from helpers import DVC, make_project_repo, run, zip_folder
 
 pytestmark = pytest.mark.slow
 

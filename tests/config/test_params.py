@@ -9,7 +9,7 @@ import yaml
 
 from transferline.config import params as P
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_shipped_params_load_and_every_strategy_resolves():

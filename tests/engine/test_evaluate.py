@@ -23,7 +23,7 @@ from transferline.data import transforms
 from transferline.engine.evaluate import compute_metrics, confusion_records, evaluate, scores
 from transferline.engine.inference import predict_probs
 
-from conftest import ROOT, checkpoint_meta, make_image_folder
+from helpers import ROOT, checkpoint_meta, make_image_folder
 
 CLASSES = ["cat", "dog", "eel"]
 # labels 0 0 1 1 2 2, argmax 0 1 1 1 2 0: 4 of 6 right

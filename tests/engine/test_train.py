@@ -19,7 +19,7 @@ from transferline.data import datasets as data
 from transferline.data.transforms import eval_transform
 from transferline.engine import train as train_stage
 
-from conftest import CLASSES, make_clean_split, make_params, run_train
+from helpers import CLASSES, make_clean_split, make_params, run_train
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +373,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_to_the_same_bytes(params_raw, tmp_p
     import subprocess
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     dataset = make_clean_split(tmp_path / "data", per_class=40, val_per_class=10, size=48)
     params = make_params(params_raw, PHASED, image_size=48, patience=0)  # all 9 epochs

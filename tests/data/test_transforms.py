@@ -19,7 +19,7 @@ from transferline.data.transforms import (
     tta_transform,
 )
 
-from conftest import write_image
+from helpers import write_image
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 NO_AUG = Augment(crop_scale=[1.0, 1.0], hflip=0.0, rotation=0.0, color_jitter=0.0)

@@ -21,7 +21,7 @@ from transferline.config.params import Export
 from transferline.engine import predict
 from transferline.models import bundle, export
 
-from conftest import ROOT, checkpoint_meta, make_image_folder, run
+from helpers import ROOT, checkpoint_meta, make_image_folder, run
 
 CLASSES = ("ants", "bees", "other")
 TOLERANCE = 1e-4
