@@ -98,6 +98,7 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
             curves=[],
             eval=scores,
             confusion=[],
+            per_class=[],
         )
     )
     assert row[5] == f"{written['best_val_acc']:.4f} ± {written['std']['best_val_acc']:.4f}"

@@ -69,7 +69,7 @@ def check(repo):
         PYTHONPATH=str(ROOT),
         PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
     )
-    return run([sys.executable, "-m", "tools.check"], repo, check=False, env=env)
+    return run([sys.executable, "-m", "transferline.tools.check"], repo, check=False, env=env)
 
 
 @pytest.mark.slow
