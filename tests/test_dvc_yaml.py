@@ -5,7 +5,9 @@ stage modules never import each other, and the overlay plots cover every strateg
 import ast
 import importlib
 import inspect
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,21 @@ def test_no_stage_tracks_a_speed_only_key(name):
     tracked = {p for p in stage_body(name).get("params", []) if isinstance(p, str)}
     for key in SPEED_ONLY:
         assert key not in tracked and key.split(".")[0] not in tracked, (name, key)
+
+
+def test_the_committed_lock_matches_the_code():
+    """dvc.lock's hash of every code file equals the file's: a commit that edits code without
+    re-running (or `dvc commit`-ing) the stages that use it would ship stale results."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    stale = {
+        (stage, path)
+        for stage, entries in json.loads(proc.stdout or "{}").items()
+        for entry in entries
+        if isinstance(entry, dict)
+        for path, what in entry.get("changed deps", {}).items()
+        if path.endswith(".py") and what == "modified"
+    }
+    assert not stale, f"re-run these stages or `dvc commit` them: {sorted(stale)}"
