@@ -32,10 +32,11 @@ pytestmark = [
     ),
 ]
 CLASSES = ["circle", "square", "triangle"]
-WINDOW = (1000, 4800)  # px; tall enough for every chart of the project's page
+WINDOW = (1000, 6400)  # px; tall enough for every chart of the project's page
 STRATEGIES = list(yaml.safe_load((ROOT / "params.yaml").read_text())["strategies"])
-# the overlays at the end of dvc.yaml, plus per strategy its curves and its confusion matrix
-EXPECTED_CHARTS = len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]) + 2 * len(
+# the overlays at the end of dvc.yaml, plus per strategy its curves, its confusion matrix and
+# its per-class scores
+EXPECTED_CHARTS = len(yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]) + 3 * len(
     STRATEGIES
 )
 
@@ -93,6 +94,7 @@ def write_plots(repo: Path, strategies: list[str], shift: float) -> None:
     confusion records, at the paths the project's dvc.yaml declares."""
     (repo / "plots/train").mkdir(parents=True, exist_ok=True)
     (repo / "plots/confusion").mkdir(parents=True, exist_ok=True)
+    (repo / "plots/per_class").mkdir(parents=True, exist_ok=True)
     for k, name in enumerate(strategies):
         with (repo / f"plots/train/{name}.tsv").open("w", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -107,6 +109,11 @@ def write_plots(repo: Path, strategies: list[str], shift: float) -> None:
             )
         ]
         (repo / f"plots/confusion/{name}.json").write_text(json.dumps(records))
+        table = [
+            {"class": c, "precision": 0.5, "recall": 0.5, "f1": 0.3 + 0.2 * i + shift, "support": 4}
+            for i, c in enumerate(CLASSES)
+        ]
+        (repo / f"plots/per_class/{name}.json").write_text(json.dumps(table))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +123,14 @@ def plots_repo(tmp_path_factory):
     repo = make_project_repo(tmp_path_factory.mktemp("plots") / "repo")
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
     run(
-        [sys.executable, "-m", "tools.plots_template", "--out", str(repo / ".dvc/plots.html")], ROOT
+        [
+            sys.executable,
+            "-m",
+            "transferline.tools.plots_template",
+            "--out",
+            str(repo / ".dvc/plots.html"),
+        ],
+        ROOT,
     )
     write_plots(repo, STRATEGIES, 0.0)
     run(["git", "add", "-A"], repo)
