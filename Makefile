@@ -29,7 +29,9 @@ $(STAMP): requirements.txt pyproject.toml
 $(TEMPLATE): $(STAMP) transferline/tools/plots_template.py
 	$(BIN)/transferline plots-template --out $@
 
+# validate first: on a params.yaml DVC cannot read, its message names the file and the key
 repro: $(STAMP) $(TEMPLATE)
+	$(BIN)/transferline validate
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP) $(TEMPLATE)

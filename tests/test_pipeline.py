@@ -104,6 +104,21 @@ def test_best_strategy_predictions_and_exports(project):
     assert "![predictions](predictions.png)" in report
 
 
+def test_every_output_file_has_the_mode_the_umask_gives(project):
+    """Written through one rule with plain open(): none is 0600 (as mkstemp would make it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {
+        p.relative_to(project).as_posix(): p.stat().st_mode & 0o777
+        for folder in ("data", "models", "metrics", "plots", "reports", "export")
+        for p in (project / folder).rglob("*")
+        if p.is_file()
+    }
+    assert {"reports/report.md", "reports/predictions.csv", "reports/rejected.csv"} <= set(modes)
+    assert "metrics/clean.json" in modes and len(modes) > 50
+    assert {path: mode for path, mode in modes.items() if mode != 0o666 & ~umask} == {}
+
+
 def test_metrics_show_has_a_row_per_strategy(project):
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     files = shown[""]["data"]
@@ -216,12 +231,74 @@ BAD_PARAMS = {  # edit -> the key path the error must name
         lambda p: p["strategies"]["finetune"].update(arch="resnet999"),
         "strategies.finetune.arch: unknown arch 'resnet999'; choose one of",
     ),
+    # what download or predict refused only after DVC had deleted their outputs
+    "ftp url": (
+        lambda p: p["datasets"]["rps"]["archives"][0].update(url="ftp://example.org/rps.zip"),
+        "datasets.rps.archives.0.url: ftp://example.org/rps.zip: unsupported URL scheme 'ftp'",
+    ),
+    "https url without a host": (
+        lambda p: p["datasets"]["flowers"]["archives"][0].update(url="https:///flowers.tgz"),
+        "datasets.flowers.archives.0.url: https:///flowers.tgz: an https URL needs a host",
+    ),
+    "url without a file name": (
+        lambda p: p["datasets"]["rps"]["archives"][0].update(url="https://example.org/"),
+        "datasets.rps.archives.0.url: https://example.org/: cannot name the file",
+    ),
+    "missing local archive": (
+        lambda p: (
+            p["datasets"].update(mine={"archives": [{"url": "/nonexistent/photos.zip"}]}),
+            p.update(dataset="mine"),
+        ),
+        "datasets.mine.archives.0.url: /nonexistent/photos.zip: local path "
+        "/nonexistent/photos.zip does not exist",
+    ),
+    "garbage url": (
+        lambda p: (
+            p["datasets"].update(mine={"archives": [{"url": "not a url at all"}]}),
+            p.update(dataset="mine"),
+        ),
+        "datasets.mine.archives.0.url: not a url at all: local path",
+    ),
+    "missing predict.images": (
+        lambda p: p["predict"].update(images="/nonexistent/folder"),
+        "predict.images: /nonexistent/folder does not exist",
+    ),
+    "predict.images is a file": (
+        lambda p: p["predict"].update(images="params.yaml"),
+        "predict.images: params.yaml is not a folder",
+    ),
+    # no float means anything at infinity or NaN
+    "infinite lr": (
+        lambda p: p["strategies"]["finetune"].update(lr=float("inf")),
+        "strategies.finetune.lr: Input should be a finite number (got inf)",
+    ),
+    "infinite weight decay": (
+        lambda p: p["strategies"]["scratch"].update(weight_decay=float("inf")),
+        "strategies.scratch.weight_decay: Input should be a finite number (got inf)",
+    ),
+    "infinite backoff": (
+        lambda p: p["download"].update(backoff=float("inf")),
+        "download.backoff: Input should be a finite number (got inf)",
+    ),
+    "huge backoff": (
+        lambda p: p["download"].update(backoff=1e308),
+        "download.backoff: Input should be less than or equal to 600",
+    ),
+    "nan tolerance": (
+        lambda p: p["export"].update(tolerance=float("nan")),
+        "export.tolerance: Input should be a finite number (got nan)",
+    ),
+    "image size word": (
+        lambda p: p["train"].update(image_size="big"),
+        "train.image_size: must be auto (the dataset entry's image_size) or px in 16..1024 "
+        "(got 'big')",
+    ),
 }
 
 
 # Two cases go through `dvc repro` (what DVC does around a failed validate is the same for any
 # bad value); every case goes through the validate stage's own command, which names the key.
-UNDER_DVC = ("unknown top-level key", "negative lr")
+UNDER_DVC = ("unknown top-level key", "missing predict.images", "ftp url")
 
 
 def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):
@@ -236,16 +313,11 @@ def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):
         assert "Running stage 'validate'" in proc.stdout
         assert proc.stdout.count("Running stage") == 1, f"{case}: only validate may run"
         assert git(repo, "status", "--porcelain") == " M params.yaml\n", case
+        assert output_bytes(repo) == before, case  # the stamp too: it persists
         git(repo, "checkout", "-q", "params.yaml")
-        assert output_bytes(repo) == {k: v for k, v in before.items() if k != "data/params.ok"}, (
-            case
-        )
-    # back to the committed params: only the validate stamp comes back (from DVC's run
-    # cache), byte for byte, and no other stage runs
-    ran = dvc(repo, "repro").stdout
-    assert "Running stage" not in ran.replace("Running stage 'validate'", "")
-    assert output_bytes(repo) == before
-    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+        # undone, the pipeline is exactly as it was: nothing to re-run
+        assert json.loads(dvc(repo, "status", "--json").stdout) == {}, case
+    assert "Running stage" not in dvc(repo, "repro").stdout
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PARAMS))
@@ -262,7 +334,41 @@ def test_the_validate_stage_names_each_bad_key(case, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert "literal[" not in proc.stderr  # no pydantic union tags in a key
     assert not (tmp_path / "ok").exists()
+
+
+RAW_PARAMS = {  # params.yaml bytes -> the one message
+    "not UTF-8": (
+        b"seed: 0\ndataset: caf\xe9\n",
+        "error: params.yaml: not UTF-8 text (byte 20: b'\\xe9'); save it as UTF-8",
+    ),
+    "empty": (b"", "error: params.yaml: is empty; start from the shipped params.yaml"),
+    "a list": (
+        b"- seed: 0\n",
+        "error: params.yaml: must be a mapping of sections (seed:, datasets:, strategies:, ...), "
+        "not a list",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_PARAMS))
+def test_an_unreadable_params_file_is_one_line_from_any_stage(case, tmp_path):
+    """A stage run by hand, the validate stage and `transferline validate` (what `make repro`
+    runs before DVC, which cannot parse dvc.yaml without `strategies:`) all name the file."""
+    content, message = RAW_PARAMS[case]
+    (tmp_path / "params.yaml").write_bytes(content)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for cmd in (
+        ["stages.split", "--clean", "c", "--out", "s", "--metrics", "m.json"],
+        ["stages.validate", "--out", "ok"],
+        ["transferline", "validate"],
+    ):
+        proc = run([sys.executable, "-m", *cmd], tmp_path, check=False, env=env)
+        assert proc.returncode == 2, (cmd, proc.stderr)
+        assert proc.stderr.startswith(message), (cmd, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1, (cmd, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_another_thread_count_stays_within_tolerance_and_a_rerun_gives_the_same_bytes(

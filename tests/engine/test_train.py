@@ -472,3 +472,46 @@ def test_a_richer_head_trains_alone_and_is_saved_with_the_clean_settings(
     assert json.loads((tmp_path / "m.json").read_text())["trainable_params"] == sum(
         p.numel() for p in model.head.parameters()
     )
+
+
+def _stage(params, dataset, out: Path, capsys, model: Path | None = None) -> tuple[int, str]:
+    """The train stage's entry point, as `python -m stages.train` runs it (run_main), on
+    `params` written to a file: (exit status, stderr)."""
+    path = out / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    args = train_cmd(path, dataset, out, out / "resume")[3:]
+    if model is not None:
+        args[args.index("--model") + 1] = str(model)
+    with pytest.raises(SystemExit) as exc:
+        run_main(lambda: stages_train.main(args))
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_naming_the_strategy_and_epoch_and_writes_nothing(
+    params_raw, dataset, tmp_path, capsys
+):
+    strategy = {"s": {"arch": "cnn1", "weights": "none", "lr": 1e30, "epochs": 3}}
+    code, err = _stage(make_params(params_raw, strategy), dataset, tmp_path, capsys)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: strategy s: training diverged: the train loss is "), err
+    assert "in epoch 1 (phase 1, lr 1e+30); nothing was written; lower the lr" in last
+    assert not any((tmp_path / name).exists() for name in ("m.pt", "m.json", "p.tsv"))
+
+
+def test_a_full_disk_while_saving_the_checkpoint_is_one_line(
+    params_raw, dataset, tmp_path, capsys, mounts
+):
+    small = mounts.tmpfs(tmp_path / "small", "32k")  # the checkpoint is about 100 KB
+    (small / "m.pt").write_bytes(b"previous checkpoint\n")
+    strategy = {"s": {"arch": "cnn2", "weights": "none", "lr": 0.01, "epochs": 1}}
+    code, err = _stage(
+        make_params(params_raw, strategy), dataset, tmp_path, capsys, model=small / "m.pt"
+    )
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot write in {small}: No space left on device; free some space there "
+        "(or point the output elsewhere) and re-run"
+    ), err
+    assert sorted(p.name for p in small.iterdir()) == ["m.pt"]  # no temporary left
+    assert (small / "m.pt").read_bytes() == b"previous checkpoint\n"

@@ -44,7 +44,9 @@ DatasetFormat = Literal["folders", "cifar10", "flowers102"]
 class Section(BaseModel):
     # extra=forbid: a misspelt key is an error, not a silently ignored setting.
     # strict: "3" is not 3 and 1 is not True.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: no setting means anything at .inf or .nan (an lr of .inf trains to
+    # NaN, a backoff of .inf overflows at the first retry), so every float must be finite.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -98,10 +100,13 @@ class Dataset(Section):
 # ---- data stages ----------------------------------------------------------------------------
 
 
+MAX_BACKOFF = 600.0  # s: the longest wait between two download attempts
+
+
 class Download(Section):
-    timeout: Positive = 30.0
+    timeout: float = Field(30.0, gt=0, le=3600)
     retries: int = Field(4, ge=0, le=20)
-    backoff: float = Field(1.0, ge=0)
+    backoff: float = Field(1.0, ge=0, le=MAX_BACKOFF)  # doubled after each retry, up to the max
 
 
 class Extract(Section):
@@ -156,8 +161,19 @@ class Runtime(Section):
     deterministic: bool = True
 
 
+def _check_image_size(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and 16 <= value <= 1024):
+        return value
+    raise ValueError("must be auto (the dataset entry's image_size) or px in 16..1024")
+
+
+# auto | px. Like Trainable: one check and one message, not one per union member (whose
+# pydantic tags, `literal['auto']`, would otherwise show up in the key).
+TrainImageSize = Annotated[Union[Literal["auto"], int], PlainValidator(_check_image_size)]
+
+
 class Train(Section):
-    image_size: Union[Literal["auto"], ImageSize] = "auto"
+    image_size: TrainImageSize = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     workers: int = Field(0, ge=0, le=64)
     select: Literal["val_acc", "val_loss"] = "val_acc"
@@ -414,6 +430,20 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project root") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r});"
+            " save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: is empty; start from the shipped params.yaml (git checkout)")
+    if not isinstance(raw, dict):
+        raise ParamsError(
+            f"{path}: must be a mapping of sections (seed:, datasets:, strategies:, ...), "
+            f"not a {type(raw).__name__}"
+        )
     return validate(raw, str(path))

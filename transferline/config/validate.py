@@ -16,21 +16,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferline.config import archs
+from transferline.config import archs, locations
 from transferline.config.errors import ParamsError, StageError
 from transferline.config.params import Params, load
+from transferline.data import folders
 from transferline.outputs import atomic as files
 
 STAMP = "params.yaml is valid\n"  # fixed bytes: must not change when a valid value changes
 
 
 def validate(params_path: str | Path, out: str | Path) -> None:
-    """Raise ParamsError naming every bad key; write the stamp when the whole file is valid."""
+    """Raise ParamsError naming every bad key; write the stamp when the whole file is valid.
+
+    Relative local paths (archive urls, predict.images) are read from the current folder, the
+    project root under DVC, as download and predict read them."""
+    check(params_path)
+    files.write_text(Path(out), STAMP)
+
+
+def check(params_path: str | Path) -> Params:
+    """The params, or ParamsError naming every bad key (what the stage checks, no stamp)."""
     params = load(params_path)
-    problems = _model_problems(params)
+    problems = _model_problems(params) + _location_problems(params)
     if problems:
         raise ParamsError(f"{params_path} is invalid:\n" + "\n".join(problems))
-    files.write_text(Path(out), STAMP)
+    return params
 
 
 def _model_problems(params: Params) -> list[str]:
@@ -42,4 +52,27 @@ def _model_problems(params: Params) -> list[str]:
             archs.check(strategy.arch, strategy.weights)
         except StageError as exc:
             problems.append(f"  strategies.{name}.arch: {exc}")
+    return problems
+
+
+def _location_problems(params: Params) -> list[str]:
+    """What download and predict would refuse only after DVC deleted their outputs: a URL
+    scheme or file name download cannot use (any entry: no network needed to see it), a local
+    path of the active dataset that is missing, and a `predict.images` that is not a folder."""
+    problems = []
+    for name, dataset in params.datasets.items():
+        for k, archive in enumerate(dataset.archives or []):
+            try:
+                locations.check_url(archive.url, exists=name == params.dataset)
+                path = locations.local_path(archive.url)
+                if name == params.dataset and path is not None and path.is_dir():
+                    folders.entries(path)  # a FIFO, a loop, a link out of the folder
+            except StageError as exc:
+                problems.append(f"  datasets.{name}.archives.{k}.url: {exc}")
+    if params.predict.images is not None:
+        try:
+            locations.check_folder(params.predict.images)
+            folders.entries(Path(params.predict.images).expanduser())
+        except StageError as exc:
+            problems.append(f"  predict.images: {exc}; give a folder of images, or null for none")
     return problems

@@ -22,16 +22,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlsplit
-from urllib.request import url2pathname
 
 import requests
 import urllib3
 from tqdm import tqdm
 
 from transferline.config.errors import StageError
-from transferline.config.params import Archive, Dataset, Download
+from transferline.config.locations import local_path, url_name
+from transferline.config.params import MAX_BACKOFF, Archive, Dataset, Download
 from transferline.data.demo import build_demo_zip
+from transferline.data.folders import copy_folder
 from transferline.outputs.atomic import CHUNK, SOURCES, staged_dir
 
 DEMO_NAME = "demo.zip"  # what a `generate:` entry is written as
@@ -70,35 +70,6 @@ def sha256_file(path: Path) -> str:
 
 
 # ---- naming and classifying URLs ------------------------------------------------------------
-
-
-def url_name(url: str) -> str:
-    """The file name a URL is saved under: its last path segment (query ignored)."""
-    segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if segment in ("", ".", "..", SOURCES) or "/" in segment or "\\" in segment:
-        raise StageError(
-            f"{url}: cannot name the file after the URL's last path segment "
-            f"{segment!r}; use a URL that ends in the archive's file name"
-        )
-    return segment
-
-
-def local_path(url: str) -> Optional[Path]:
-    """The local path a file:// URL or plain path names; None for http(s)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
-        return None
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise StageError(f"{url}: file:// URLs must name a local file (file:///path/to/x.zip)")
-        return Path(url2pathname(parts.path))
-    if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive (C:\data)
-        raise StageError(
-            f"{url}: unsupported URL scheme {scheme!r}; use http://, https://, "
-            "file:// or a local path"
-        )
-    return Path(url).expanduser()
 
 
 def _target_name(url: str) -> str:
@@ -224,7 +195,7 @@ def _download(url: str, part: Path, settings: Download) -> None:
                     file=sys.stderr,
                 )
                 time.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, MAX_BACKOFF)
 
 
 def _help(target: Path) -> str:
@@ -293,7 +264,7 @@ def _copy_local(archive: Archive, src: Path, dest: Path) -> Fetched:
                 f"{archive.url}: is a folder, which has no sha256; remove "
                 "`sha256:` from this archive in params.yaml"
             )
-        shutil.copytree(src, dest / name)
+        copy_folder(src, dest / name)  # regular files and folders only
         return Fetched(name, archive.url, None, archive.split, "copied")
     actual = sha256_file(src)
     if archive.sha256 is not None and actual != archive.sha256:

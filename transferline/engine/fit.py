@@ -7,6 +7,7 @@ stopped (transferline/engine/resume.py).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from transferline import models
+from transferline.config.errors import StageError
 from transferline.config.params import Phase
 from transferline.engine import distributed
 from transferline.engine.distributed import log
@@ -366,11 +368,26 @@ def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position) -> dict
     }
 
 
+class Diverged(StageError):
+    """The loss stopped being a number: the run ends before anything is written."""
+
+
+def _check_finite(split: str, loss: float, epoch: int, phase: int, lr: float) -> None:
+    # the same on every process (the sums are global), so all of them stop together
+    if not math.isfinite(loss):
+        raise Diverged(
+            f"training diverged: the {split} loss is {loss} in epoch {epoch} (phase {phase}, "
+            f"lr {lr:.3g}); nothing was written; lower the lr"
+        )
+
+
 def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
     lr = optimizer.param_groups[0]["lr"]  # group 0 is the head
     start = time.perf_counter()
     train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train")
+    _check_finite("train", train_loss, epoch, phase, lr)
     val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
+    _check_finite("val", val_loss, epoch, phase, lr)
     secs = time.perf_counter() - start
     log(
         f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from matplotlib import style
 from transferline.config.errors import StageError
 from transferline.config.params import Params
 from transferline.data import demo, images
+from transferline.data.folders import copy_folder
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
 from transferline.models import bundle as bundles
@@ -200,7 +200,7 @@ def gather(out: Path, params: Params) -> int:
         )
     with files.staged_dir(out) as tmp:
         if source is not None:
-            shutil.copytree(source, tmp / Path(source).name)
+            copy_folder(Path(source), tmp / Path(source).resolve().name)
         generate = params.active_dataset.generate
         if generate is not None and params.predict.demo_images:
             made = demo.unlabelled_images(

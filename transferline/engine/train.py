@@ -349,7 +349,10 @@ def _train_once(
             f"{rt.precision}, seed {params.seed}"
         )
         steps = _steps(model, strategy, params, datasets, rt)
-        fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
+        try:
+            fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
+        except loop.Diverged as exc:
+            raise StageError(f"strategy {strategy_name}: {exc}") from None
         model.load_state_dict(fit.best_state)
     return model, fit, steps
 

@@ -15,10 +15,11 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transferline import models
 from transferline.config.errors import StageError
@@ -76,7 +77,12 @@ def _clean_of(meta: dict, source: Path) -> Clean:
             f"{source}: records no `clean` settings (a checkpoint from before they "
             "were saved); re-run training (dvc repro) to get one predict can use"
         )
-    return Clean(**meta["clean"])
+    try:
+        return Clean.model_validate(meta["clean"])
+    except ValidationError as exc:
+        bad = exc.errors()[0]
+        key = ".".join(str(part) for part in bad["loc"])
+        raise StageError(f"{source}: bad `clean` settings: {key}: {bad['msg']}") from None
 
 
 def from_checkpoint(path: Path) -> Bundle:
@@ -150,7 +156,10 @@ class _OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...)
+            raise StageError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,30 +167,89 @@ class _OnnxModel:
         return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
 
 
-def _load_exported(path: Path, meta: dict, threads: int | None) -> Callable:
-    fmt = meta.get("format")
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_exported(path: Path, fmt: str, threads: int | None) -> Callable:
     if fmt == "onnx":
         return _OnnxModel(path, threads)
-    if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit is deprecated
+        try:
             return torch.jit.load(str(path), map_location="cpu").eval()
-    raise StageError(f"{sidecar_path(path)}: format {fmt!r}; expected onnx or torchscript")
+        except Exception as exc:  # torch.jit raises RuntimeError for a torn or foreign file
+            raise StageError(
+                f"{path}: not a readable TorchScript model ({_first_line(exc)})"
+            ) from None
+
+
+class _Normalisation(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)
+
+
+class _Sidecar(BaseModel):
+    """The keys of `<file>.json` that loading relies on (the others are for people)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    format: Literal["onnx", "torchscript"]
+    classes: list[str] = Field(min_length=2)
+    image_size: int = Field(ge=16, le=1024)
+    normalisation: _Normalisation
+    clean: dict
+
+
+def read_sidecar(model_file: Path) -> dict:
+    """The sidecar beside `model_file`, checked: a missing key or a bad value names the file and
+    the key."""
+    side = sidecar_path(model_file)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StageError(f"{side}: not valid JSON ({exc}); re-run `dvc repro export`") from None
+    try:
+        _Sidecar.model_validate(meta)
+    except ValidationError as exc:
+        bad = exc.errors()[0]
+        key = ".".join(str(part) for part in bad["loc"]) or "(top level)"
+        raise StageError(
+            f"{side}: {key}: {bad['msg']}; re-run `dvc repro export` for a sidecar that fits"
+        ) from None
+    return meta
+
+
+def _check_outputs(model: Callable, meta: dict, path: Path) -> None:
+    """One forward pass on a blank input: the file must take the sidecar's input size and give
+    one logit per class it lists (a sidecar that lost a class would mislabel every image)."""
+    size = meta["image_size"]
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise StageError(
+            f"{path}: does not run on a {size}x{size} input as its sidecar says "
+            f"({_first_line(exc)})"
+        ) from None
+    if tuple(out.shape) != (1, len(meta["classes"])):
+        raise StageError(
+            f"{path}: gives {tuple(out.shape)[1:]} outputs per image but its sidecar "
+            f"{sidecar_path(path).name} lists {len(meta['classes'])} classes"
+        )
 
 
 def from_exported(path: Path, threads: int | None = None) -> Bundle:
-    side = sidecar_path(path)
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError) as exc:
-        raise StageError(f"{side}: unreadable sidecar ({exc}); re-run `dvc repro export`") from None
+    meta = read_sidecar(path)
+    model = _load_exported(path, meta["format"], threads)
+    _check_outputs(model, meta, path)
     return Bundle(
-        model=_load_exported(path, meta, threads),
+        model=model,
         classes=list(meta["classes"]),
-        image_size=int(meta["image_size"]),
+        image_size=meta["image_size"],
         mean=list(meta["normalisation"]["mean"]),
         std=list(meta["normalisation"]["std"]),
-        clean=Clean(**meta["clean"]),
+        clean=_clean_of(meta, sidecar_path(path)),
         kind=meta["format"],
         source=str(path),
         meta=meta,

@@ -10,6 +10,7 @@ delete its own, so every write first removes those whose process is gone (`remov
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from transferline.config.errors import WRITE_ERRORS, StageError, disk_error
+from transferline.config.errors import DISK_ERRORS, WRITE_ERRORS, StageError, disk_error
 
 SOURCES = "sources.json"  # data/raw's and data/extracted's list of their entries, in params order
 CHUNK = 1 << 20  # bytes per read/write when streaming or copying a file (1 MiB)
@@ -131,13 +132,19 @@ def written(path: Path) -> Iterator[Path]:
     with _disk_errors(path, path.parent), _temporary_dir(path) as tmp:
         try:
             yield tmp / path.name
-        except RuntimeError as exc:  # torch.save's zip writer reports a failed write() so
+        except RuntimeError as exc:  # torch.save's zip writer: no errno, only its own words
+            free = shutil.disk_usage(path.parent).free  # the torn temporary is still there
+            if free < CHUNK:
+                raise StageError(
+                    f"cannot write in {path.parent}: No space left on device; "
+                    f"{DISK_ERRORS[errno.ENOSPC]}"
+                ) from None
             if "write" not in str(exc).lower():
                 raise
-            free = shutil.disk_usage(path.parent).free
             raise StageError(
                 f"cannot write in {path.parent}: writing {path.name} failed "
-                f"({free // 1024} KiB free); free some space there and re-run"
+                f"({free // 1024} KiB free); free some space there (or point the output "
+                "elsewhere) and re-run"
             ) from None
         os.replace(tmp / path.name, path)
 
@@ -173,7 +180,8 @@ def write_text(path: Path, text: str) -> None:
 
 def json_text(obj: Any) -> str:
     """Deterministic JSON: sorted keys, 2-space indent, UTF-8 kept, trailing newline."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    # allow_nan=False: a NaN or inf reaching an output is a bug to see, not a file that is no JSON
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_json(path: Path, stage: str) -> Any:
