@@ -104,6 +104,17 @@ def test_write_json_is_sorted_indented_and_newline_terminated(tmp_path):
     assert list(path.parent.iterdir()) == [path]  # no temp file left, the stale one removed
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nan_or_inf_never_reaches_a_json_output(tmp_path, value):
+    """Bare NaN is not JSON: a non-finite number in an output is a bug, loud, and the previous
+    file stays."""
+    (tmp_path / "m.json").write_text('{"accuracy": 0.5}\n')
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        files.write_json(tmp_path / "m.json", {"accuracy": value})
+    assert (tmp_path / "m.json").read_text() == '{"accuracy": 0.5}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
 def test_temporary_names_are_ignored_by_git(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
