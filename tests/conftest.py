@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from transferline.config.params import Clean
 
@@ -17,6 +18,7 @@ from helpers import (
     ROOT,
     SHARED,
     Mounts,
+    build_pipeline,
     extracted_tree,
     make_image_folder,
     run_clean,
@@ -29,6 +31,11 @@ pytest_plugins = ["http_server"]  # the `server` fixture: a real HTTP server on 
 os.environ["DVC_NO_ANALYTICS"] = "1"
 
 
+# Under pytest-xdist two workers' stage processes share the cores: OpenMP threads that spin
+# while waiting would take turns from the other process (passive waiting changes no result).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 # Stage commands run `python -m stages...`: make that this interpreter, activated or not.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -36,6 +43,34 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 @pytest.fixture(autouse=True)
 def _dvc_site_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dvc-site"))
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of the built pipeline first, then the other slow ones: under pytest-xdist one
+    worker starts the build while the other takes the far end of the list (worksteal splits it
+    in halves), the long tests start early and the short ones fill the gaps."""
+
+    def order(item) -> int:
+        if "built_pipeline" in getattr(item, "fixturenames", ()):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=order)
+
+
+@pytest.fixture(scope="session")
+def built_pipeline(tmp_path_factory, worker_id) -> Path:
+    """The tiny demo through the whole pipeline, committed (helpers.build_pipeline): built once
+    per test run, under pytest-xdist by the first worker that asks while the others wait for its
+    lock. Never used in place: tests take a copy (helpers.copy_of)."""
+    if worker_id == "master":
+        return build_pipeline(tmp_path_factory.mktemp("built") / "repo")
+    shared = tmp_path_factory.getbasetemp().parent / "built-pipeline"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "done").exists():
+            build_pipeline(shared / "repo")
+            (shared / "done").touch()
+    return shared / "repo"
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,35 @@ def make_project_repo(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
+def tiny(params: dict) -> dict:
+    """The shipped params shrunk to a seconds-long CPU run (same stages, same strategies)."""
+    params["datasets"]["demo"]["generate"].update(per_class=24, size=48)
+    params["train"].update(image_size=48, workers=0, batch_size=16)
+    for strategy in params["strategies"].values():
+        strategy["epochs"] = 1
+        for phase in strategy.get("phases", []):
+            phase["epochs"] = 1
+    params["evaluate"]["batch_size"] = 32
+    params["report"].update(gallery=4, augment_samples=4)
+    params["predict"].update(demo_images=3, gallery=4)
+    return params
+
+
+def build_pipeline(dest: Path) -> Path:
+    """The whole pipeline on the tiny demo through `dvc repro`, its results committed."""
+    repo = make_project_repo(dest, tiny(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    run(DVC + ["repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "demo results"], repo)
+    return repo
+
+
+def copy_of(repo: Path, dest: Path) -> Path:
+    """An independent copy of a repo (git history, DVC cache and outputs)."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
 def extracted_tree(root: Path, sources: dict[str, Path | None], splits=None) -> Path:
     """A data/extracted-style folder: sources.json + one entry per source (a link to an existing
     folder, or an empty folder the test fills)."""

@@ -1,33 +1,20 @@
 """Many variants at once through DVC's own experiment queue (`dvc exp run --queue`,
-`dvc queue start --jobs 2`), each pinned to its share of the cores, on the demo.
+`dvc queue start --jobs 2`), each pinned to its share of the cores, on the tiny demo.
 
-The variants run up to their strategy's evaluation (`evaluate@<strategy>` as the target, as
-README shows): select, predict, export and report add nothing to what is tested here and would
-double its time."""
+The baseline is a copy of the built pipeline (conftest's `built_pipeline`); the variants run up
+to one strategy's evaluation (`evaluate@<strategy>` as the target, as README shows): select,
+predict, export and report add nothing to what is tested here and would double its time."""
 
 import json
 import time
 
 import pytest
-import yaml
 
-from helpers import DVC, ROOT, make_project_repo, run
+from helpers import DVC, copy_of, run
 
 pytestmark = pytest.mark.slow
 
 TARGET = "evaluate@feature_extractor"
-
-
-def one_strategy_demo() -> dict:
-    """The shipped params shrunk to seconds: a small demo and the cheapest strategy only."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["datasets"]["demo"]["generate"].update(per_class=24, size=48)
-    params["train"].update(image_size=48, batch_size=16)
-    params["strategies"] = {
-        "feature_extractor": {**params["strategies"]["feature_extractor"], "epochs": 2}
-    }
-    params["report"].update(gallery=4, augment_samples=4)
-    return params
 
 
 def queue_rows(repo) -> dict[str, str]:
@@ -39,11 +26,8 @@ def queue_rows(repo) -> dict[str, str]:
     }
 
 
-def test_queued_experiments_run_two_at_a_time_with_their_own_threads(tmp_path):
-    repo = make_project_repo(tmp_path / "repo", one_strategy_demo())
-    run(DVC + ["repro", TARGET], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+def test_queued_experiments_run_two_at_a_time_with_their_own_threads(built_pipeline, tmp_path):
+    repo = copy_of(built_pipeline, tmp_path / "repo")
     for name, lr in (("q1", "0.002"), ("q2", "0.004")):
         run(
             DVC
