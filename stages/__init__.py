@@ -8,6 +8,7 @@ Stages (one per `dvc.yaml` stage; run as `python -m stages.<name>`; never import
     clean      data/clean        decode, reject with a reason, normalise
     split      data/split        seeded, stratified train/val/test lists
     train      models/<S>.pt     train one strategy
+    curves     plots/curves.tsv  every strategy's training curves in one table (the overlays)
     evaluate   metrics/eval/<S>  score it on the test split (single crop and TTA)
     select     metrics/best.json the best strategy, chosen on validation
     predict    reports/predictions.csv  the best model on unlabelled images

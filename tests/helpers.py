@@ -89,6 +89,7 @@ def make_project_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "config", "user.email", "test@example.com"], dest)
     run(["git", "config", "user.name", "test"], dest)
     run(DVC + ["init", "-q"], dest)
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # dvc.yaml's templates
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "pipeline"], dest)
     return dest

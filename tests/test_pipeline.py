@@ -124,7 +124,28 @@ def test_plots_show_confusion_with_class_names(project):
         assert sorted(v["path"] for v in values) == sorted(test_paths)
         assert {v["actual"] for v in values} <= set(classes)
         assert {v["predicted"] for v in values} <= set(classes)
-    assert "val_acc" in shown["data"] and "val_loss" in shown["data"]
+    for overlay in ("val_acc", "val_loss", "train_loss", "lr"):
+        (plot,) = shown["data"][overlay]
+        values = plot["content"]["data"]["values"]
+        assert {v["strategy"] for v in values} == set(STRATEGIES), overlay
+        assert plot["content"]["encoding"]["color"]["field"] == "strategy"
+
+
+def test_a_new_strategy_is_trained_and_overlaid_with_no_edit_in_dvc_yaml(project, tmp_path):
+    repo = copy_of(project, tmp_path / "repo")
+
+    def add(p):
+        p["strategies"]["extra"] = {**p["strategies"]["feature_extractor"], "lr": 0.01}
+
+    edit_params(repo, add)
+    ran = dvc(repo, "repro", "curves").stdout
+    assert "Running stage 'train@extra'" in ran and "Running stage 'curves'" in ran
+    assert "Running stage 'train@scratch'" not in ran
+    assert git(repo, "status", "--porcelain", "dvc.yaml") == ""
+    shown = json.loads(dvc(repo, "plots", "show", "--json", "val_acc").stdout)
+    (plot,) = shown["data"]["val_acc"]
+    strategies = {v["strategy"] for v in plot["content"]["data"]["values"]}
+    assert strategies == {*STRATEGIES, "extra"}
 
 
 def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp_path):
@@ -143,7 +164,8 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     # the experiment's results are in the workspace, its params applied there too: what is
     # left stale is what comes after the target
     assert "lr: 0.05" in (repo / "params.yaml").read_text()
-    assert set(json.loads(dvc(repo, "status", "--json").stdout)) == {"predict", "export", "report"}
+    stale = set(json.loads(dvc(repo, "status", "--json").stdout))
+    assert stale == {"curves", "predict", "export", "report"}
 
     dvc(repo, "exp", "branch", "lr-0.05", "lr-change")
     assert "lr: 0.05" in git(repo, "show", "lr-change:params.yaml")

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from transferline.outputs.curves import write_combined
+
 from helpers import DVC, ROOT, make_project_repo, run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")  # Debian's name first
@@ -114,6 +116,8 @@ def write_plots(repo: Path, strategies: list[str], shift: float) -> None:
             for i, c in enumerate(CLASSES)
         ]
         (repo / f"plots/per_class/{name}.json").write_text(json.dumps(table))
+    # the overlays' table, as the curves stage writes it
+    write_combined(strategies, repo / "plots/train", repo / "plots/curves.tsv")
 
 
 @pytest.fixture(scope="module")

@@ -43,9 +43,10 @@ from transferline.engine.resume import Resume
 from transferline.engine.runtime import Runtime, from_params, torch_state
 from transferline.models import checkpoints, heads, registry, trainable
 from transferline.outputs import atomic as files
+from transferline.outputs import curves
 from transferline.outputs import metrics as seeds
 
-PLOT_COLUMNS = ("epoch", "phase", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+PLOT_COLUMNS = curves.COLUMNS  # plots/train/<S>.tsv (transferline/outputs/curves.py)
 # metrics whose spread over train.seeds runs is written under `std`
 SPREAD = ("best_val_acc", "best_val_loss", "best_epoch")
 # train.* keys that change speed only (params.SPEED_ONLY), never the weights: left out of the
@@ -80,15 +81,6 @@ def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
                 f"{Path(split_dir) / (split + '.csv')}: {bad[0]} has a label "
                 f"outside 0..{len(classes) - 1} (classes.json)"
             )
-
-
-def _tsv(history: list[dict]) -> str:
-    def fmt(v):
-        return str(v) if isinstance(v, int) else f"{v:.6g}"
-
-    lines = ["\t".join(PLOT_COLUMNS)]
-    lines += ["\t".join(fmt(row[c]) for c in PLOT_COLUMNS) for row in history]
-    return "\n".join(lines) + "\n"
 
 
 def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.ImageDataset]:
@@ -285,7 +277,7 @@ def _write(
 ) -> None:
     models.save_checkpoint(model_path, model, meta)
     files.write_json(metrics_path, metrics)
-    files.write_text(plots_path, _tsv(fit.history))
+    files.write_text(plots_path, curves.tsv_text(fit.history))
 
 
 def _resumes(

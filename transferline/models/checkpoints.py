@@ -63,18 +63,19 @@ def read_torch_file(path: Path, what: str, map_location: Any = "cpu") -> Any:
         if disk_error(exc) is not None:
             raise  # permission denied and the like: run_main names the path
         raise StageError(f"{path}: not a readable {what} ({exc.strerror or exc})") from None
-    except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path):
+    except Exception as exc:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip (torch's own legacy format
+            # would have loaded): whatever the unpickler tripped on, the file is something else
             raise StageError(f"{path}: not a {what} (not a file torch.save writes)") from None
+        if not isinstance(exc, pickle.UnpicklingError):  # a torn zip, a foreign one
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StageError(f"{path}: not a readable {what} ({reason})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         held = f" ({found.group(1)})" if found else ""
         raise StageError(
             f"{path}: refused: it holds Python objects{held} that loading would run as code; "
             f"a {what} holds only tensors and plain data"
         ) from None
-    except Exception as exc:  # truncated zip, empty file, bytes of another format
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StageError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def load_state(model: nn.Module, state: Any, source: Path | str, what: str) -> None:

@@ -43,6 +43,7 @@ from transferline.config.params import Params
 from transferline.data import datasets as data
 from transferline.data import transforms
 from transferline.outputs import atomic as files
+from transferline.outputs import curves as training_curves
 from transferline.outputs import metrics as seeds
 from transferline.report import figures as png
 
@@ -70,13 +71,6 @@ class Run:
 # ---- inputs ---------------------------------------------------------------------------------
 
 
-def _read_tsv(path: Path, stage: str) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 def load_runs(
     names: Sequence[str],
     params: Params,
@@ -97,7 +91,7 @@ def load_runs(
                 arch=strategy.arch,
                 weights=strategy.weights,
                 train=files.read_json(train_metrics / f"{name}.json", f"train@{name}"),
-                curves=_read_tsv(train_plots / f"{name}.tsv", f"train@{name}"),
+                curves=training_curves.read(train_plots, name),
                 eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
                 confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}"),
                 per_class=files.read_json(per_class / f"{name}.json", f"evaluate@{name}"),
