@@ -48,19 +48,21 @@ def url_name(url: str) -> str:
     return segment
 
 
-def check_url(url: str, *, exists: bool) -> None:
-    """Raise StageError for a URL download would refuse; with `exists`, also for a local path
-    that is missing or is neither a file nor a folder (only the active dataset's are read)."""
+def check_url(url: str, *, exists: bool) -> Optional[Path]:
+    """The local path `url` names (None for http(s)); StageError for a URL download would
+    refuse, and with `exists` for a local path that is missing or is neither a file nor a folder
+    (only the active dataset's are read)."""
     path = local_path(url)
     if path is None:
         url_name(url)
-        return
+        return None
     if not exists:
-        return
+        return path
     if not path.exists():
         raise StageError(f"{url}: local path {path.resolve()} does not exist")
     if not (path.is_file() or path.is_dir()):
         raise StageError(f"{url}: {path.resolve()} is neither a file nor a folder")
+    return path
 
 
 def check_folder(path: str) -> None:

@@ -63,9 +63,9 @@ def _location_problems(params: Params) -> list[str]:
     for name, dataset in params.datasets.items():
         for k, archive in enumerate(dataset.archives or []):
             try:
-                locations.check_url(archive.url, exists=name == params.dataset)
-                path = locations.local_path(archive.url)
-                if name == params.dataset and path is not None and path.is_dir():
+                active = name == params.dataset
+                path = locations.check_url(archive.url, exists=active)
+                if active and path is not None and path.is_dir():
                     folders.entries(path)  # a FIFO, a loop, a link out of the folder
             except StageError as exc:
                 problems.append(f"  datasets.{name}.archives.{k}.url: {exc}")

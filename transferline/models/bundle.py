@@ -25,6 +25,7 @@ from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import Clean
 from transferline.data import transforms
+from transferline.models.checkpoints import first_line
 
 IMAGENET_SIZE = 224  # px: the resolution every packaged ImageNet backbone was trained at
 SIDECAR_VERSION = 1
@@ -80,9 +81,13 @@ def _clean_of(meta: dict, source: Path) -> Clean:
     try:
         return Clean.model_validate(meta["clean"])
     except ValidationError as exc:
-        bad = exc.errors()[0]
-        key = ".".join(str(part) for part in bad["loc"])
-        raise StageError(f"{source}: bad `clean` settings: {key}: {bad['msg']}") from None
+        raise StageError(f"{source}: bad `clean` settings: {_first_problem(exc)}") from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """`key.path: message` of the first thing pydantic found wrong."""
+    bad = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in bad['loc']) or '(top level)'}: {bad['msg']}"
 
 
 def from_checkpoint(path: Path) -> Bundle:
@@ -159,16 +164,12 @@ class _OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...)
-            raise StageError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+            raise StageError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _load_exported(path: Path, fmt: str, threads: int | None) -> Callable:
@@ -180,7 +181,7 @@ def _load_exported(path: Path, fmt: str, threads: int | None) -> Callable:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch.jit raises RuntimeError for a torn or foreign file
             raise StageError(
-                f"{path}: not a readable TorchScript model ({_first_line(exc)})"
+                f"{path}: not a readable TorchScript model ({first_line(exc)})"
             ) from None
 
 
@@ -212,10 +213,8 @@ def read_sidecar(model_file: Path) -> dict:
     try:
         _Sidecar.model_validate(meta)
     except ValidationError as exc:
-        bad = exc.errors()[0]
-        key = ".".join(str(part) for part in bad["loc"]) or "(top level)"
         raise StageError(
-            f"{side}: {key}: {bad['msg']}; re-run `dvc repro export` for a sidecar that fits"
+            f"{side}: {_first_problem(exc)}; re-run `dvc repro export` for a sidecar that fits"
         ) from None
     return meta
 
@@ -229,8 +228,7 @@ def _check_outputs(model: Callable, meta: dict, path: Path) -> None:
             out = model(torch.zeros(1, 3, size, size))
     except Exception as exc:
         raise StageError(
-            f"{path}: does not run on a {size}x{size} input as its sidecar says "
-            f"({_first_line(exc)})"
+            f"{path}: does not run on a {size}x{size} input as its sidecar says ({first_line(exc)})"
         ) from None
     if tuple(out.shape) != (1, len(meta["classes"])):
         raise StageError(

@@ -53,6 +53,11 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its type when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def read_torch_file(path: Path, what: str, map_location: Any = "cpu") -> Any:
     """torch.load with weights_only=True (tensors and plain data; nothing that runs code). A file
     torch cannot read, or one the safe loader refuses, is a StageError naming the file; it never
@@ -68,8 +73,7 @@ def read_torch_file(path: Path, what: str, map_location: Any = "cpu") -> Any:
             # would have loaded): whatever the unpickler tripped on, the file is something else
             raise StageError(f"{path}: not a {what} (not a file torch.save writes)") from None
         if not isinstance(exc, pickle.UnpicklingError):  # a torn zip, a foreign one
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StageError(f"{path}: not a readable {what} ({reason})") from None
+            raise StageError(f"{path}: not a readable {what} ({first_line(exc)})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         held = f" ({found.group(1)})" if found else ""
         raise StageError(
