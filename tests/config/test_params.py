@@ -193,7 +193,9 @@ def test_image_size_of_a_dataset_without_one_is_224_and_bad_sizes_are_refused(pa
 
 
 def test_validate_stage_checks_archs_without_importing_torch(tmp_path):
-    """validate runs before every `dvc repro`; importing torch would be most of its time."""
+    """validate runs before every `dvc repro`; importing torch would be most of its time. The
+    shipped params.yaml names built-in archs only: no torch. A name that is not built in is
+    looked up in timm's registry (which imports torch) and refused with the closest names."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump(raw))
@@ -224,7 +226,6 @@ def test_validate_stage_checks_archs_without_importing_torch(tmp_path):
     assert (
         runs["bad.ok"]
         .splitlines()[0]
-        .startswith("strategies.scratch.arch: unknown arch 'resnet19'; choose one of resnet18,")
+        .startswith("strategies.scratch.arch: unknown arch 'resnet19' (closest: resnet18,")
     )
-    assert runs["bad.ok"].splitlines()[1] == "False False"
     assert not (tmp_path / "bad.ok").exists()

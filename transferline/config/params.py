@@ -265,7 +265,8 @@ class Head(Section):
 
 class Strategy(Phase):
     arch: str = Field(min_length=1)
-    weights: Literal["pretrained", "none"] = "pretrained"
+    # pretrained | none | the path of a weights file (safetensors or a PyTorch state dict)
+    weights: str = Field("pretrained", min_length=1)
     head: Head = Head()
     cache_features: bool = False
     phases: list[PhaseOverride] = []

@@ -44,14 +44,20 @@ def check(params_path: str | Path) -> Params:
 
 
 def _model_problems(params: Params) -> list[str]:
-    """What the schema cannot know: each strategy's arch exists and has the weights it asks
-    for (the names live in transferline/config/archs.py)."""
+    """What the schema cannot know: each strategy's arch exists (built in or timm's, see
+    transferline/config/archs.py) and has the weights it asks for; a weights file exists."""
     problems = []
     for name, strategy in params.strategies.items():
+        weights = strategy.weights
         try:
-            archs.check(strategy.arch, strategy.weights)
+            archs.check(strategy.arch, weights)
         except StageError as exc:
             problems.append(f"  strategies.{name}.arch: {exc}")
+        if archs.is_file(weights) and not Path(weights).expanduser().is_file():
+            problems.append(
+                f"  strategies.{name}.weights: {weights}: no such file; give pretrained, none, "
+                "or the path of a weights file (safetensors or a PyTorch state dict)"
+            )
     return problems
 
 

@@ -34,9 +34,10 @@ def read_image(path: str | Path) -> torch.Tensor:
     return images.to_tensor(images.decode(data, path))
 
 
-def resize_size(image_size: int) -> int:
-    """Shorter side (px) the eval transforms resize to before the centre crop."""
-    return round(image_size / CROP_PCT)
+def resize_size(image_size: int, crop_pct: float = CROP_PCT) -> int:
+    """Shorter side (px) the eval transforms resize to before the centre crop of image_size
+    (crop_pct: the fraction the crop keeps; the backbone's own, see models.crop_pct)."""
+    return round(image_size / crop_pct)
 
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:
@@ -66,12 +67,22 @@ def train_transform(
     return v2.Compose(steps + _normalize(mean, std))
 
 
-def eval_transform(*, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the shorter side to resize_size(image_size), centre-crop, normalise."""
+def eval_transform(
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize_size: int | None = None,
+) -> v2.Compose:
+    """Resize the shorter side to `resize_size` (default resize_size(image_size)), centre-crop
+    image_size, normalise."""
+    resize = resize_size or _default_resize(image_size)
     return v2.Compose(
-        [v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size)]
-        + _normalize(mean, std)
+        [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)] + _normalize(mean, std)
     )
+
+
+_default_resize = resize_size
 
 
 class _TTA:
@@ -80,9 +91,9 @@ class _TTA:
     A class rather than a closure so DataLoader workers can pickle it.
     """
 
-    def __init__(self, image_size: int, mean, std, flip: bool):
+    def __init__(self, image_size: int, mean, std, flip: bool, resize: int | None = None):
         crops = v2.TenCrop(image_size) if flip else v2.FiveCrop(image_size)
-        self.resize = v2.Resize(resize_size(image_size), antialias=True)
+        self.resize = v2.Resize(resize or resize_size(image_size), antialias=True)
         self.crops = crops
         self.normalize = v2.Compose(_normalize(mean, std))
 
@@ -92,10 +103,16 @@ class _TTA:
 
 
 def tta_transform(
-    *, image_size: int, mean: Sequence[float], std: Sequence[float], flip: bool
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    flip: bool,
+    resize_size: int | None = None,
 ) -> _TTA:
-    """Callable: uint8 (3, H, W) -> (V, 3, image_size, image_size), V = 10 with flip, else 5."""
-    return _TTA(image_size, mean, std, flip)
+    """Callable: uint8 (3, H, W) -> (V, 3, image_size, image_size), V = 10 with flip, else 5;
+    crops of the image resized to `resize_size` (default as eval_transform)."""
+    return _TTA(image_size, mean, std, flip, resize_size)
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

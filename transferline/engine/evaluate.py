@@ -213,7 +213,12 @@ def _evaluate(
     rows = _test_rows(split_dir)
     labels = np.array([label for _, label in rows])
     tf = ckpt["transform"]
-    norm = dict(image_size=tf["image_size"], mean=tf["mean"], std=tf["std"])
+    norm = dict(
+        image_size=tf["image_size"],
+        mean=tf["mean"],
+        std=tf["std"],
+        resize_size=tf.get("resize_size"),
+    )
     views = {
         "single": transforms.eval_transform(**norm),
         "tta": transforms.tta_transform(**norm, flip=settings.tta_flip),

