@@ -144,6 +144,10 @@ class Augment(Section):
     hflip: Probability = 0.5
     rotation: float = Field(10.0, ge=0, le=180)
     color_jitter: float = Field(0.2, ge=0, le=1)
+    trivial_augment: bool = False  # torchvision's TrivialAugmentWide after the crop and flip
+    random_erasing: Probability = 0.0  # probability of erasing one random box (RandomErasing)
+    mixup: float = Field(0.0, ge=0, le=10)  # MixUp's Beta(alpha, alpha); 0 = off
+    cutmix: float = Field(0.0, ge=0, le=10)  # CutMix's Beta(alpha, alpha); 0 = off
 
     @model_validator(mode="after")
     def _ordered(self) -> "Augment":
@@ -182,6 +186,7 @@ class Train(Section):
     seeds: int = Field(1, ge=1, le=20)
     resume: bool = True
     nproc: int = Field(1, ge=1, le=64)
+    balance: Literal["none", "loss", "sampler"] = "none"  # class-weighted loss | weighted sampler
     augment: Augment = Augment()
 
     @model_validator(mode="after")
@@ -233,6 +238,9 @@ class PhaseOverride(Section):
     weight_decay: Optional[float] = Field(None, ge=0)
     schedule: Optional[Schedule] = None
     epochs: Optional[int] = Field(None, ge=1)
+    warmup_epochs: Optional[int] = Field(None, ge=0)
+    label_smoothing: Optional[float] = Field(None, ge=0, le=0.5)
+    clip_grad: Optional[float] = Field(None, ge=0)
 
 
 class Phase(Section):
@@ -247,6 +255,22 @@ class Phase(Section):
     weight_decay: float = Field(0.0, ge=0)
     schedule: Schedule = Schedule()
     epochs: int = Field(10, ge=1)
+    warmup_epochs: int = Field(0, ge=0)  # lr rises linearly to `lr` over these, then `schedule`
+    label_smoothing: float = Field(0.0, ge=0, le=0.5)  # of the training loss (val loss: plain)
+    clip_grad: float = Field(0.0, ge=0)  # max L2 norm of the gradients; 0 = off
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "Phase":
+        if self.warmup_epochs and self.schedule.name == "plateau":
+            raise ValueError(
+                "warmup_epochs needs schedule none, step or cosine (a plateau schedule "
+                "reacts to the val loss and does not chain after a warmup)"
+            )
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs {self.warmup_epochs} must be below epochs {self.epochs}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "Phase":

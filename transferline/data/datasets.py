@@ -118,7 +118,9 @@ class SeededSampler(Sampler):
     positions rank, rank + world, ...: consecutive batches of b = batch / world per rank add up
     to the one-process batches. `pad` (training) repeats the first positions so every rank gets
     the same number of samples, as DDP's equal step counts need; without it (validation) the
-    last ranks may get one sample fewer.
+    last ranks may get one sample fewer. With `weights` (one per sample; train.balance: sampler)
+    a shuffled epoch draws n indices with replacement in proportion to them instead of a
+    permutation.
     """
 
     def __init__(
@@ -130,9 +132,11 @@ class SeededSampler(Sampler):
         rank: int = 0,
         world: int = 1,
         pad: bool = False,
+        weights: torch.Tensor | None = None,
     ):
         self.n, self.shuffle, self.generator = n, shuffle, generator
         self.rank, self.world, self.pad = rank, world, pad
+        self.weights = weights
 
     def __len__(self) -> int:
         return len(range(self.rank, self._total(), self.world))
@@ -141,11 +145,12 @@ class SeededSampler(Sampler):
         return -(-self.n // self.world) * self.world if self.pad else self.n
 
     def __iter__(self):
-        order = (
-            torch.randperm(self.n, generator=self.generator)
-            if self.shuffle
-            else torch.arange(self.n)
-        )
+        if not self.shuffle:
+            order = torch.arange(self.n)
+        elif self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, True, generator=self.generator)
+        else:
+            order = torch.randperm(self.n, generator=self.generator)
         seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator)
         if self.world > 1:
             keep = torch.arange(self.rank, self._total(), self.world) % self.n
@@ -174,10 +179,12 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     pad: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on `seed` (for an ImageDataset;
     other datasets: on `seed` and `workers`). With `world` > 1 processes, this rank's share
-    (see SeededSampler); `batch_size` is then per process."""
+    (see SeededSampler); `batch_size` is then per process. `weights`: per-sample weights of a
+    weighted draw (ImageDataset only)."""
     # Two generators: the DataLoader draws worker base seeds from its own once per iterator,
     # which happens once with persistent workers but every epoch without workers; the sampler's
     # stream must not depend on that.
@@ -192,6 +199,7 @@ def make_loader(
                 rank=rank,
                 world=world,
                 pad=pad,
+                weights=weights,
             )
         )
     else:

@@ -47,7 +47,8 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:
 def train_transform(
     *, image_size: int, augment, mean: Sequence[float], std: Sequence[float]
 ) -> v2.Compose:
-    """Random crop/flip/rotation/colour jitter per `augment` (params.Augment), then normalise.
+    """Random crop/flip/rotation/colour jitter (and TrivialAugmentWide) per `augment`
+    (params.Augment), then normalise (and random erasing, which works on the normalised tensor).
 
     crop_scale == [1, 1] means no crop augmentation: the shorter side is resized to image_size
     and the centre square kept (the whole image, as far as a square allows).
@@ -64,7 +65,42 @@ def train_transform(
     if augment.color_jitter > 0:
         j = augment.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-    return v2.Compose(steps + _normalize(mean, std))
+    if augment.trivial_augment:
+        steps.append(v2.TrivialAugmentWide())
+    after = [v2.RandomErasing(p=augment.random_erasing)] if augment.random_erasing > 0 else []
+    return v2.Compose(steps + _normalize(mean, std) + after)
+
+
+class BatchMix:
+    """MixUp and/or CutMix (torchvision's v2.MixUp, v2.CutMix; one of them per batch, chosen at
+    random, when both are on) on a training batch: (x, labels) -> (mixed x, soft targets).
+
+    Its randomness comes from its own generator (seeded from params.seed, saved with the resume
+    state), never from the global one, which the data loading reseeds per image in this process
+    and not with workers: the mixing does not depend on train.workers.
+    """
+
+    def __init__(self, augment, num_classes: int, seed: int):
+        ops = []
+        if augment.mixup > 0:
+            ops.append(v2.MixUp(alpha=augment.mixup, num_classes=num_classes))
+        if augment.cutmix > 0:
+            ops.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
+        self.op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the CPU generator
+            torch.manual_seed(seed)
+            return self.op(x, y)
+
+
+def batch_mix(augment, num_classes: int, seed: int) -> BatchMix | None:
+    """The batch-level mixing `augment` asks for, or None when mixup and cutmix are 0."""
+    if augment.mixup == 0 and augment.cutmix == 0:
+        return None
+    return BatchMix(augment, num_classes, seed)
 
 
 def eval_transform(

@@ -11,7 +11,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -36,18 +36,33 @@ OPTIMIZERS = {
     "adamw": lambda groups, ph: torch.optim.AdamW(groups, lr=ph.lr, weight_decay=ph.weight_decay),
 }
 
+# (optimizer, phase, epochs the schedule runs for: the phase's, less its warmup) -> scheduler
 SCHEDULES = {
-    "none": lambda opt, ph: None,
-    "step": lambda opt, ph: torch.optim.lr_scheduler.StepLR(
+    "none": lambda opt, ph, n: None,
+    "step": lambda opt, ph, n: torch.optim.lr_scheduler.StepLR(
         opt, ph.schedule.step_size, ph.schedule.gamma
     ),
-    "cosine": lambda opt, ph: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=ph.epochs),
+    "cosine": lambda opt, ph, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n),
     # lr x gamma once val loss has not fallen for `patience` epochs: with early stopping
     # (train.patience) a run decays and ends when it stops learning, not at a guessed epoch
-    "plateau": lambda opt, ph: torch.optim.lr_scheduler.ReduceLROnPlateau(
+    "plateau": lambda opt, ph, n: torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=ph.schedule.gamma, patience=ph.schedule.patience
     ),
 }
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, phase: Phase):
+    """The phase's schedule, after `warmup_epochs` of a linear rise from lr / (warmup + 1) to lr
+    (torch's LinearLR, chained with SequentialLR); None for a constant lr."""
+    w = phase.warmup_epochs
+    main = SCHEDULES[phase.schedule.name](optimizer, phase, phase.epochs - w)
+    if not w:
+        return main
+    lr_sched = torch.optim.lr_scheduler
+    warm = lr_sched.LinearLR(optimizer, start_factor=1 / (w + 1), total_iters=w)
+    if main is None:
+        return warm  # LinearLR holds the lr once its warmup is done
+    return lr_sched.SequentialLR(optimizer, [warm, main], milestones=[w])
 
 
 def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
@@ -67,6 +82,31 @@ def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
 # ---- one pass over batches ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a training step differs from plain cross-entropy and a bare optimiser step (all off by
+    default): label smoothing, class weights (train.balance: loss), gradient clipping to a max L2
+    norm, and a batch mix (MixUp/CutMix: (x, y) -> (x, soft targets)). Evaluation passes ignore
+    it: the val loss is always the plain one, comparable across recipes."""
+
+    label_smoothing: float = 0.0
+    class_weight: torch.Tensor | None = None
+    clip_grad: float = 0.0
+    mix: Callable | None = None
+
+
+PLAIN = Recipe()
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights n / (C * n_c): every class adds the same total to the loss."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    empty = (counts == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"class {empty[0]} has no training image; balance needs one per class")
+    return (len(labels) / (num_classes * counts)).float()
+
+
 def run_epoch(
     fn: nn.Module,
     batches: Iterable,
@@ -75,21 +115,34 @@ def run_epoch(
     scaler=None,
     desc: str = "",
     sharded: bool = False,
+    recipe: Recipe = PLAIN,
 ) -> tuple[float, float, int]:
-    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given.
-    `sharded`: each process saw its own share of the data, so the sums are taken over all."""
+    """(mean loss, accuracy, n) of fn over batches; one optimiser step per batch if given, with
+    the `recipe`'s loss and step. `sharded`: each process saw its own share of the data, so the
+    sums are taken over all."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
     correct = torch.zeros((), dtype=torch.int64, device=rt.device)
     n = 0
     quiet = None if distributed.world().main else True  # tqdm: None = only on a terminal
+    train = optimizer is not None
+    weight = recipe.class_weight
+    weight = weight.to(rt.device) if train and weight is not None else None
+    smoothing = recipe.label_smoothing if train else 0.0
     for x, y in tqdm(batches, desc=desc, leave=False, disable=quiet, file=sys.stderr):
         x, y = rt.batch(x), y.to(rt.device, non_blocking=True)
-        with torch.set_grad_enabled(optimizer is not None), rt.autocast():
+        target = y
+        if train and recipe.mix is not None:
+            x, target = recipe.mix(x, y)
+        with torch.set_grad_enabled(train), rt.autocast():
             out = fn(x)
-            loss = F.cross_entropy(out.float(), y)
-        if optimizer is not None:
+            loss = F.cross_entropy(out.float(), target, weight=weight, label_smoothing=smoothing)
+        if train:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if recipe.clip_grad:
+                scaler.unscale_(optimizer)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                nn.utils.clip_grad_norm_(params, recipe.clip_grad)
             scaler.step(optimizer)
             scaler.update()
         loss_sum += loss.detach().double() * len(y)
@@ -115,7 +168,7 @@ class ImageSteps:
 
     feature_seconds = 0.0
 
-    def __init__(self, model, train_loader, val_loader, rt: Runtime):
+    def __init__(self, model, train_loader, val_loader, rt: Runtime, class_weight=None, mix=None):
         self.model, self.train_loader, self.val_loader, self.rt = (
             model,
             train_loader,
@@ -124,6 +177,7 @@ class ImageSteps:
         )
         self.scaler = rt.grad_scaler()
         self.train_fn = model
+        self.class_weight, self.mix = class_weight, mix
 
     def begin_phase(self) -> None:
         """DDP keeps the set of parameters that train from its construction on, and a phase
@@ -132,10 +186,18 @@ class ImageSteps:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             self.train_fn = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    def train_epoch(self, optimizer, desc):
+    def train_epoch(self, optimizer, desc, phase: Phase):
         models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
+        recipe = Recipe(phase.label_smoothing, self.class_weight, phase.clip_grad, self.mix)
         return run_epoch(
-            self.train_fn, self.train_loader, self.rt, optimizer, self.scaler, desc, sharded=True
+            self.train_fn,
+            self.train_loader,
+            self.rt,
+            optimizer,
+            self.scaler,
+            desc,
+            sharded=True,
+            recipe=recipe,
         )
 
     def val_epoch(self, desc):
@@ -144,7 +206,8 @@ class ImageSteps:
         return run_epoch(self.model, self.val_loader, self.rt, desc=desc, sharded=True)
 
     def generators(self) -> list[torch.Generator]:
-        return _loader_generators(self.train_loader) + _loader_generators(self.val_loader)
+        mix = [self.mix.generator] if self.mix is not None else []
+        return _loader_generators(self.train_loader) + _loader_generators(self.val_loader) + mix
 
 
 class FeatureSteps:
@@ -152,7 +215,17 @@ class FeatureSteps:
     processes the features are computed in shares and gathered, and every process then trains
     the same head on all of them (a linear layer's step is cheaper than talking about it)."""
 
-    def __init__(self, head, train_xy, val_xy, batch_size, seed, rt: Runtime):
+    def __init__(
+        self,
+        head,
+        train_xy,
+        val_xy,
+        batch_size,
+        seed,
+        rt: Runtime,
+        class_weight=None,
+        sample_weight=None,
+    ):
         self.head, self.train_xy, self.val_xy, self.bs, self.rt = (
             head,
             train_xy,
@@ -163,6 +236,8 @@ class FeatureSteps:
         self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
         self.scaler = rt.grad_scaler()
         self.feature_seconds = 0.0
+        # train.balance: loss -> class_weight; sampler -> sample_weight (drawn with replacement)
+        self.class_weight, self.sample_weight = class_weight, sample_weight
 
     def begin_phase(self) -> None:
         pass
@@ -171,12 +246,16 @@ class FeatureSteps:
         x, y = xy
         return [(x[i], y[i]) for i in order.to(x.device).split(self.bs)]
 
-    def train_epoch(self, optimizer, desc):
+    def train_epoch(self, optimizer, desc, phase: Phase):
         self.head.train()
-        order = torch.randperm(len(self.train_xy[1]), generator=self.generator)
-        return run_epoch(
-            self.head, self._batches(self.train_xy, order), self.rt, optimizer, self.scaler, desc
-        )
+        n = len(self.train_xy[1])
+        if self.sample_weight is None:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.multinomial(self.sample_weight, n, True, generator=self.generator)
+        recipe = Recipe(phase.label_smoothing, self.class_weight, phase.clip_grad)
+        batches = self._batches(self.train_xy, order)
+        return run_epoch(self.head, batches, self.rt, optimizer, self.scaler, desc, recipe=recipe)
 
     def val_epoch(self, desc):
         self.head.eval()
@@ -315,7 +394,7 @@ def _run_phase(
     train.target_acc ends the run.
     """
     optimizer = make_optimizer(model, phase)
-    scheduler = SCHEDULES[phase.schedule.name](optimizer, phase)
+    scheduler = make_schedule(optimizer, phase)
     steps.begin_phase()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -325,7 +404,7 @@ def _run_phase(
             steps.scaler.load_state_dict(state["scaler"])
     for epoch in range(pos.epochs + 1, phase.epochs + 1):
         pos.epochs = epoch  # where the run stands, saved with the state after this epoch
-        row = _one_epoch(len(run.history) + 1, pos.phase, optimizer, steps)
+        row = _one_epoch(len(run.history) + 1, pos.phase, phase, optimizer, steps)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(row["val_loss"])  # the same on every process: val sums are global
         elif scheduler is not None:
@@ -381,10 +460,10 @@ def _check_finite(split: str, loss: float, epoch: int, phase: int, lr: float) ->
         )
 
 
-def _one_epoch(epoch: int, phase: int, optimizer, steps) -> dict:
+def _one_epoch(epoch: int, phase: int, settings: Phase, optimizer, steps) -> dict:
     lr = optimizer.param_groups[0]["lr"]  # group 0 is the head
     start = time.perf_counter()
-    train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train")
+    train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train", settings)
     _check_finite("train", train_loss, epoch, phase, lr)
     val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
     _check_finite("val", val_loss, epoch, phase, lr)

@@ -33,7 +33,7 @@ from transferline.config.params import SPEED_ONLY as SPEED_ONLY_KEYS
 from transferline.config.params import Params
 from transferline.data import datasets as data
 from transferline.data import transforms
-from transferline.data.transforms import eval_transform, resize_size, train_transform
+from transferline.data.transforms import batch_mix, eval_transform, resize_size, train_transform
 from transferline.engine import distributed, runtime
 from transferline.engine import fit as loop
 from transferline.engine import resume as resume_state
@@ -101,7 +101,22 @@ def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.Image
     }
 
 
-def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
+def _balance(params: Params, dataset, num_classes: int) -> dict:
+    """train.balance as tensors: {"class_weight"} for `loss` (inverse class frequency), or
+    {"sample_weight"} for `sampler` (each image 1 / its class's count: classes drawn evenly)."""
+    labels = torch.tensor([label for _, label in dataset.rows])
+    if params.train.balance == "none":
+        return {}
+    try:
+        weights = loop.class_weights(labels, num_classes)
+    except ValueError as exc:
+        raise StageError(f"train.balance: {params.train.balance}: {exc}") from None
+    if params.train.balance == "loss":
+        return {"class_weight": weights}
+    return {"sample_weight": weights.double()[labels]}
+
+
+def _loaders(params: Params, datasets, rt: Runtime, cache: bool, sample_weight=None):
     """Loaders over the datasets (this process's share of them), their order and augmentation
     drawn from params.seed; train.batch_size is the global batch, split over the processes."""
     tp, w = params.train, distributed.world()
@@ -122,16 +137,28 @@ def _loaders(params: Params, datasets, rt: Runtime, cache: bool):
     )
     return (
         data.make_loader(
-            datasets["train"], shuffle=not cache, drop_last=drop_last, pad=pad, **common
+            datasets["train"],
+            shuffle=not cache,
+            drop_last=drop_last,
+            pad=pad,
+            weights=sample_weight,
+            **common,
         ),
         data.make_loader(datasets["val"], shuffle=False, **common),
     )
 
 
-def _steps(model, strategy, params: Params, datasets, rt: Runtime):
-    train_loader, val_loader = _loaders(params, datasets, rt, strategy.cache_features)
-    if not strategy.cache_features:
-        return loop.ImageSteps(model, train_loader, val_loader, rt)
+def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: int):
+    balance = _balance(params, datasets["train"], num_classes)
+    cache = strategy.cache_features
+    # the loader draws the weighted order of images; cached features draw their own
+    sampled = balance.get("sample_weight") if not cache else None
+    train_loader, val_loader = _loaders(params, datasets, rt, cache, sampled)
+    if not cache:
+        mix = batch_mix(params.train.augment, num_classes, params.seed)
+        return loop.ImageSteps(
+            model, train_loader, val_loader, rt, balance.get("class_weight"), mix
+        )
     start = time.perf_counter()
     train_xy, val_xy = (
         loop.cached_features(model, train_loader, rt),
@@ -144,7 +171,9 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime):
         f"in {secs:.1f} s ({n / secs:.1f} img/s)"
     )
     head = model.get_submodule(models.head_name(model))
-    steps = loop.FeatureSteps(head, train_xy, val_xy, params.train.batch_size, params.seed, rt)
+    steps = loop.FeatureSteps(
+        head, train_xy, val_xy, params.train.batch_size, params.seed, rt, **balance
+    )
     steps.feature_seconds = secs
     return steps
 
@@ -345,7 +374,7 @@ def _train_once(
             f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
             f"{rt.precision}, seed {params.seed}"
         )
-        steps = _steps(model, strategy, params, datasets, rt)
+        steps = _steps(model, strategy, params, datasets, rt, len(classes))
         try:
             fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
         except loop.Diverged as exc:
