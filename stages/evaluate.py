@@ -6,11 +6,14 @@ log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the 
 `plots/per_class/<S>.json` (precision/recall/F1/support per class, one record per class: a DVC
 plot, so the metrics stay a handful of columns at 100 classes) and `plots/confusion/<S>.json` (one
 `{"actual", "predicted", "path"}` record per test image, class names, sorted by path, for DVC's
-`confusion` template). All are deterministic for the same model, data and params.
+`confusion` template) and `plots/mistakes/<S>.json` (the highest-loss test images under the
+user's file names, the most-confused class pairs, per-class accuracy). All are deterministic for
+the same model, data and params.
 
     python -m stages.evaluate <strategy> --clean data/clean --split data/split \
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
-        --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json
+        --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json \
+        --mistakes plots/mistakes/<strategy>.json
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="per-class precision/recall/F1/support records to write (a DVC plot)",
     )
+    ap.add_argument(
+        "--mistakes",
+        type=Path,
+        required=True,
+        help="highest-loss test images, most-confused pairs, per-class accuracy (JSON to write)",
+    )
     add_option(ap)
     return ap.parse_args(argv)
 
@@ -63,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=params.evaluate.workers,
         rt=runtime.from_params(params.runtime),
         per_class_path=args.per_class,
+        mistakes_path=args.mistakes,
     )
     print(
         f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "

@@ -306,3 +306,39 @@ def test_cli_missing_model_exits_2_with_message(tmp_path, params_raw):
     assert proc.returncode == 2, proc.stderr
     assert "models/scratch.pt: model file not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_mistakes_name_the_users_files_and_rank_by_loss(tiny):
+    """plots/mistakes/<S>.json: the highest-loss test images under the names the clean manifest
+    records (the user's own), their loss consistent with the probabilities, the confused pairs
+    adding up to the errors the confusion records hold."""
+    root, rows, params = tiny
+    with (root / "clean" / "manifest.csv").open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "class", "split", "source", "width", "height", "sha256"])
+        for k, (path, label) in enumerate(rows):
+            w.writerow([path, "abc"[label], "", f"holiday/IMG_{k:04d}.JPG", 40, 40, "0" * 64])
+    settings = params.evaluate.model_copy(update={"batch_size": 5, "top_losses": 5})
+    evaluate(
+        model_path=root / "m.pt",
+        clean_dir=root / "clean",
+        split_dir=root / "split",
+        metrics_path=root / "out" / "metrics.json",
+        confusion_path=root / "out" / "confusion.json",
+        mistakes_path=root / "out" / "mistakes.json",
+        settings=settings,
+        seed=params.seed,
+        threads=1,
+    )
+    why = json.loads((root / "out" / "mistakes.json").read_text())
+    top = why["top_losses"]
+    names = {path: f"holiday/IMG_{k:04d}.JPG" for k, (path, _) in enumerate(rows)}
+    assert len(top) == 5 and all(t["file"] == names[t["path"]] for t in top)
+    assert [t["loss"] for t in top] == sorted((t["loss"] for t in top), reverse=True)
+    assert all(t["loss"] == pytest.approx(-np.log(t["p_actual"]), abs=1e-5) for t in top)
+    records = json.loads((root / "out" / "confusion.json").read_text())
+    wrong = sum(r["actual"] != r["predicted"] for r in records)
+    assert sum(p["count"] for p in why["most_confused"]) == wrong
+    accuracy = json.loads((root / "out" / "metrics.json").read_text())["accuracy"]
+    per_class = why["per_class_accuracy"]
+    assert sum(per_class.values()) / 3 == pytest.approx(accuracy, abs=1e-6)  # 4 images each

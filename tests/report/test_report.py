@@ -14,6 +14,7 @@ import pytest
 
 from transferline.config.errors import StageError
 from transferline.config.params import validate
+from transferline.outputs import mistakes
 from transferline.report.document import confusion_matrix, gallery_records, report
 
 from helpers import make_image_folder
@@ -100,6 +101,7 @@ def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong
         "metrics/eval",
         "plots/confusion",
         "plots/per_class",
+        "plots/mistakes",
     ):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "metrics/train" / f"{name}.json").write_text(json.dumps(TRAIN[name]))
@@ -119,6 +121,15 @@ def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong
         for i, (p, y) in enumerate(test_rows)
     ]
     (root / "plots/confusion" / f"{name}.json").write_text(json.dumps(records))
+    # probabilities agreeing with those records: 0.8 on the predicted class, more on later rows
+    probs = np.full((len(test_rows), 3), 0.1)
+    for i, r in enumerate(records):
+        probs[i, CLASSES.index(r["predicted"])] = 0.8 - 0.01 * i
+    paths = [p for p, _ in test_rows]
+    labels = [y for _, y in test_rows]
+    sources = {p: "my photos/" + Path(p).name.replace(".jpg", " (1).jpg") for p in paths}
+    why = mistakes.build(probs, labels, paths, CLASSES, 3, sources)
+    (root / "plots/mistakes" / f"{name}.json").write_text(json.dumps(why))
 
 
 @pytest.fixture
@@ -166,6 +177,7 @@ def run_report(root: Path, params, out="reports"):
         eval_metrics=root / "metrics/eval",
         confusion=root / "plots/confusion",
         per_class=root / "plots/per_class",
+        mistakes=root / "plots/mistakes",
         best=root / "metrics/best.json",
         predictions=root / "predictions.csv",
         predictions_gallery=root / "predictions.png",
@@ -216,8 +228,8 @@ def test_header_names_dataset_classes_and_split_counts(inputs):
     run_report(root, params)
     text = (root / "reports" / "report.md").read_text()
     assert text.startswith(f"# transferline report: {params.dataset}\n")
-    assert "3 classes: a, b, c." in text
-    rows = table_rows(text, "class")
+    assert "3 classes: a, b, c (split counts at the end)." in text
+    rows = table_rows(text.split("## Split counts")[1], "class")
     assert rows[:3] == [[c, "2", "1", "3", "6"] for c in CLASSES]
     assert rows[3] == ["**total**", "6", "3", "9", "18"]
 
@@ -322,11 +334,54 @@ def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(inputs):
     root, params = inputs
     run_report(root, params)
     lines = (root / "reports" / "report.md").read_text().splitlines()
-    start = lines.index("| class | precision | recall | F1 | support |")
+    start = lines.index("| class | accuracy | precision | recall | F1 | support |")
     rows = [
-        [c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 : start + 5]
+        [c.strip() for c in line.strip("|").split("|")][2:] for line in lines[start + 2 : start + 5]
     ]
     assert rows == [
-        [c, "0.5000", f"{0.25 * (k + 1):.4f}", "0.7654", "3"]  # alpha's macro F1
+        [c, "0.5000", f"{0.25 * (k + 1):.4f}", "0.7654", "3"][1:]  # alpha's macro F1
         for k, c in enumerate(CLASSES)
     ]
+
+
+def test_the_report_leads_with_the_comparison_and_shows_why_the_model_is_wrong(inputs):
+    root, params = inputs
+    run_report(root, params)  # alpha is chosen; 2 of its test images are wrong
+    text = (root / "reports" / "report.md").read_text()
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads[:2] == ["## Strategies", "## Why alpha is wrong"]
+    assert heads[-2:] == ["## Per class (alpha, test split, single crop)", "## Split counts"]
+    why = json.loads((root / "plots/mistakes/alpha.json").read_text())
+    pairs = table_rows(text, "true class")
+    assert pairs == [[p["actual"], p["predicted"], str(p["count"])] for p in why["most_confused"]]
+    assert sum(int(r[2]) for r in pairs) == 2
+    top = table_rows(text, "file")
+    assert [r[0] for r in top] == [f"`{t['file']}`" for t in why["top_losses"]]
+    assert top[0][0].startswith("`my photos/") and top[0][1] != top[0][2]  # a mistake leads
+    per_class = table_rows(text, "class")
+    assert [r[1] for r in per_class[:3]] == [f"{why['per_class_accuracy'][c]:.4f}" for c in CLASSES]
+
+
+def test_mistakes_rank_by_loss_and_count_the_confused_pairs():
+    probs = np.array(
+        [
+            [0.9, 0.05, 0.05],  # a, right
+            [0.2, 0.7, 0.1],  # a called b: loss -log 0.2
+            [0.05, 0.9, 0.05],  # a called b, surer: loss -log 0.05 (highest)
+            [0.1, 0.1, 0.8],  # b called c
+            [0.1, 0.8, 0.1],  # b, right
+        ]
+    )
+    labels = [0, 0, 0, 1, 1]
+    paths = [f"images/{i}.jpg" for i in range(5)]
+    why = mistakes.build(probs, labels, paths, CLASSES, 2, {"images/2.jpg": "mine/IMG_2.JPG"})
+    assert [t["path"] for t in why["top_losses"]] == ["images/2.jpg", "images/3.jpg"]
+    first = why["top_losses"][0]
+    assert first["file"] == "mine/IMG_2.JPG" and why["top_losses"][1]["file"] == "images/3.jpg"
+    assert (first["actual"], first["predicted"], first["confidence"]) == ("a", "b", 0.9)
+    assert first["p_actual"] == 0.05 and first["loss"] == pytest.approx(-np.log(0.05), abs=1e-6)
+    assert why["most_confused"] == [
+        {"actual": "a", "predicted": "b", "count": 2},
+        {"actual": "b", "predicted": "c", "count": 1},
+    ]
+    assert why["per_class_accuracy"] == {"a": pytest.approx(1 / 3, abs=1e-6), "b": 0.5, "c": None}

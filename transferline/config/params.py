@@ -329,6 +329,7 @@ class Evaluate(Section):
     workers: int = Field(0, ge=0, le=64)
     tta_flip: bool = True
     top_k: int = Field(5, ge=2)
+    top_losses: int = Field(12, ge=1, le=1000)  # test images with the highest loss, kept
 
 
 class Report(Section):

@@ -4,9 +4,11 @@ Reads `models/<S>.pt` (checkpoint from train), `data/split/classes.json` + `test
 images under `data/clean/`. Writes `metrics/eval/<S>.json` (accuracy, balanced accuracy, macro F1,
 log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the same under `tta`),
 `plots/per_class/<S>.json` (precision/recall/F1/support per class, one record per class: a DVC
-plot, so the metrics stay a handful of columns at 100 classes) and `plots/confusion/<S>.json` (one
+plot, so the metrics stay a handful of columns at 100 classes), `plots/confusion/<S>.json` (one
 `{"actual", "predicted", "path"}` record per test image, class names, sorted by path, for DVC's
-`confusion` template). All are deterministic for the same model, data and params.
+`confusion` template) and `plots/mistakes/<S>.json` (the highest-loss test images under the
+user's file names, the most-confused class pairs, per-class accuracy:
+transferline/outputs/mistakes.py). All are deterministic for the same model, data and params.
 
     python -m stages.evaluate <strategy> --clean data/clean --split data/split \
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
@@ -35,9 +37,11 @@ from transferline.config.errors import StageError
 from transferline.config.params import Evaluate
 from transferline.data import datasets as data
 from transferline.data import transforms
+from transferline.data.split import read_manifest
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
 from transferline.outputs import metrics as seeds
+from transferline.outputs import mistakes
 from transferline.outputs.atomic import write_json
 
 DECIMALS = seeds.DECIMALS  # metrics are rounded: float noise must not show in a diff
@@ -176,6 +180,7 @@ def evaluate(
     workers: int = 0,
     rt: runtime.Runtime | None = None,
     per_class_path: Path | None = None,
+    mistakes_path: Path | None = None,
 ) -> dict[str, Any]:
     """Score `model_path` on data/split's test rows; write the metrics, confusion and (when
     given) per-class files and return the metrics dict (with `per_class`). `workers` only changes
@@ -190,6 +195,7 @@ def evaluate(
             Path(metrics_path),
             Path(confusion_path),
             per_class_path and Path(per_class_path),
+            mistakes_path and Path(mistakes_path),
             settings,
             seed,
             workers,
@@ -204,6 +210,7 @@ def _evaluate(
     metrics_path: Path,
     confusion_path: Path,
     per_class_path: Path | None,
+    mistakes_path: Path | None,
     settings: Evaluate,
     seed: int,
     workers: int,
@@ -252,15 +259,28 @@ def _evaluate(
             compute_metrics(probs["single"], probs["tta"], labels, classes, settings.top_k)
         )
         if len(per_run) == 1:
-            records = confusion_records(
-                probs["single"].argmax(axis=1), labels, [path for path, _ in rows], classes
+            paths = [path for path, _ in rows]
+            records = confusion_records(probs["single"].argmax(axis=1), labels, paths, classes)
+            why = mistakes.build(
+                probs["single"], labels, paths, classes, settings.top_losses, _sources(clean_dir)
             )
     metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
     write_json(metrics_path, {k: v for k, v in metrics.items() if k != "per_class"})
     if per_class_path is not None:
         write_json(per_class_path, per_class_rows(metrics["per_class"]))
+    if mistakes_path is not None:
+        mistakes.write(mistakes_path, why)
     return metrics
+
+
+def _sources(clean_dir: Path) -> dict[str, str]:
+    """Clean path -> the user's file name, from the clean stage's manifest (none beside images
+    that did not come through clean: they are named by their clean path)."""
+    manifest = clean_dir / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    return {row["path"]: row["source"] for row in read_manifest(manifest)}
 
 
 def per_class_rows(table: dict[str, dict]) -> list[dict]:

@@ -1,21 +1,24 @@
 """report: one human-readable comparison of every strategy, with PNG figures that need no browser.
 
 Reads, for each strategy S under `strategies:` in params.yaml (in params order),
-`metrics/train/S.json`, `plots/train/S.tsv`, `metrics/eval/S.json` and `plots/confusion/S.json`,
-plus `metrics/best.json` (the strategy select chose on validation), `reports/predictions.csv`
-(predict), `data/split/` (classes, split counts, training rows) and test/training images from
-`data/clean/`. Writes `reports/report.md` (split counts, one table across strategies, the chosen
-strategy with its test score as the unbiased estimate, its per-class scores, the predictions on
-unlabelled images, relative links to the figures) and `reports/figures/*.png`: training curves
-per strategy, all confusion matrices side by side, a gallery of the chosen strategy's test
-predictions (mistakes first, in red) and a grid of augmented training samples; the predict
-stage's gallery (`reports/predictions.png`) is linked, not copied.
+`metrics/train/S.json`, `plots/train/S.tsv`, `metrics/eval/S.json`, `plots/confusion/S.json`,
+`plots/per_class/S.json` and `plots/mistakes/S.json`, plus `metrics/best.json` (the strategy
+select chose on validation), `reports/predictions.csv` (predict), `data/split/` (classes, split
+counts, training rows) and test/training images from `data/clean/`. Writes `reports/report.md`
+(led by the comparison: one table across strategies and the chosen strategy with its test score
+as the unbiased estimate; then why it is wrong: the most-confused class pairs and the test images
+with the highest loss under the user's file names; the figures and the predictions on unlabelled
+images; the long tables last: per-class scores and split counts) and `reports/figures/*.png`:
+training curves per strategy, all confusion matrices side by side, a gallery of the chosen
+strategy's test predictions (mistakes first, in red) and a grid of augmented training samples;
+the predict stage's gallery (`reports/predictions.png`) is linked, not copied.
 Everything is built in a temporary folder and moved into place at the end; the same inputs give
 byte-identical files (no timestamps, no software versions in the PNGs).
 
     python -m stages.report --clean data/clean --split data/split \
         --train-metrics metrics/train --train-plots plots/train \
-        --eval-metrics metrics/eval --confusion plots/confusion --best metrics/best.json \
+        --eval-metrics metrics/eval --confusion plots/confusion --per-class plots/per_class \
+        --mistakes plots/mistakes --best metrics/best.json \
         --predictions reports/predictions.csv --predictions-gallery reports/predictions.png \
         --out reports/report.md --figures reports/figures
 """
@@ -45,6 +48,7 @@ from transferline.data import transforms
 from transferline.outputs import atomic as files
 from transferline.outputs import curves as training_curves
 from transferline.outputs import metrics as seeds
+from transferline.outputs import mistakes as why_wrong
 from transferline.report import figures as png
 
 SPLITS = ("train", "val", "test")
@@ -52,6 +56,7 @@ SPLITS = ("train", "val", "test")
 # the ImageNet ones the pretrained backbones use.
 MEAN, STD = transforms.IMAGENET_MEAN, transforms.IMAGENET_STD
 VIEWS_PER_IMAGE = 4  # augmentation grid: each training image shown this many times, one row
+MAX_NAMED = 12  # class names listed in the report's first line (all are in the tables)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Run:
     eval: dict[str, Any]  # metrics/eval/S.json
     confusion: list[dict[str, str]]  # plots/confusion/S.json records
     per_class: list[dict[str, Any]]  # plots/per_class/S.json records, in class order
+    mistakes: dict[str, Any]  # plots/mistakes/S.json (transferline/outputs/mistakes.py)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -80,6 +86,7 @@ def load_runs(
     eval_metrics: Path,
     confusion: Path,
     per_class: Path,
+    mistakes: Path,
 ) -> list[Run]:
     """One Run per strategy name, in the given order; a missing file names the stage to run."""
     runs = []
@@ -95,6 +102,7 @@ def load_runs(
                 eval=files.read_json(eval_metrics / f"{name}.json", f"evaluate@{name}"),
                 confusion=files.read_json(confusion / f"{name}.json", f"evaluate@{name}"),
                 per_class=files.read_json(per_class / f"{name}.json", f"evaluate@{name}"),
+                mistakes=why_wrong.read(mistakes, name),
             )
         )
     return runs
@@ -145,6 +153,10 @@ def strategy_row(run: Run) -> list[str]:
     ]
 
 
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _score(metrics: dict, key: str) -> str:
     """The value at dotted `key`, with " ± std" when the file has one
     (transferline/outputs/metrics.py)."""
@@ -174,6 +186,38 @@ def best_section(best: Run, choice: dict) -> list[str]:
         "to choose). `predict` and `export` use this strategy.",
         "",
     ]
+
+
+def mistakes_section(best: Run) -> list[str]:
+    """Why the chosen model is wrong: its most-confused pairs and highest-loss test images."""
+    why = best.mistakes
+    lines = [f"## Why {best.name} is wrong", ""]
+    pairs = why["most_confused"]
+    if pairs:
+        lines += ["Most-confused class pairs on the test split (single crop):", ""]
+        rows = [[p["actual"], p["predicted"], p["count"]] for p in pairs]
+        lines += [*_table(["true class", "predicted as", "images"], rows, right_from=2), ""]
+    else:
+        lines += ["No test image is misclassified.", ""]
+    top = why["top_losses"]
+    lines += [
+        "Test images with the highest loss (cross-entropy of the true class), under their own "
+        "file names:",
+        "",
+    ]
+    rows = [
+        [
+            f"`{t['file']}`",
+            t["actual"],
+            t["predicted"],
+            f"{t['confidence']:.3f}",
+            f"{t['p_actual']:.3f}",
+            f"{t['loss']:.3f}",
+        ]
+        for t in top
+    ]
+    header = ["file", "true", "predicted", "confidence", "p(true)", "loss"]
+    return lines + _table(header, rows, right_from=3) + [""]
 
 
 def predictions_section(rows: Sequence[dict[str, str]], link: str) -> list[str]:
@@ -219,16 +263,23 @@ def render_markdown(
         "macro-F1",
         "balanced acc",
     ]
+    accuracy = best.mistakes["per_class_accuracy"]
     per_class = [
-        [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+        [
+            r["class"],
+            _maybe(accuracy.get(r["class"])),
+            f"{r['precision']:.4f}",
+            f"{r['recall']:.4f}",
+            f"{r['f1']:.4f}",
+            r["support"],
+        ]
         for r in best.per_class
     ]
+    shown = ", ".join(classes[:MAX_NAMED]) + (", ..." if len(classes) > MAX_NAMED else "")
     lines = [
         f"# transferline report: {dataset}",
         "",
-        f"{len(classes)} classes: {', '.join(classes)}.",
-        "",
-        *split_section(classes, counts),
+        f"{len(classes)} classes: {shown} (split counts at the end).",
         "",
         "## Strategies",
         "",
@@ -239,10 +290,7 @@ def render_markdown(
         *_table(header, [strategy_row(r) for r in runs], right_from=3),
         "",
         *best_section(best, choice),
-        f"Per class on the test split ({best.name}, single crop):",
-        "",
-        *_table(["class", "precision", "recall", "F1", "support"], per_class, right_from=1),
-        "",
+        *mistakes_section(best),
         "## Figures",
         "",
         "### Training curves",
@@ -269,6 +317,16 @@ def render_markdown(
         f"![augmented training samples]({links['augment']})",
         "",
         *predictions_section(predictions, links["predictions"]),
+        f"## Per class ({best.name}, test split, single crop)",
+        "",
+        *_table(
+            ["class", "accuracy", "precision", "recall", "F1", "support"], per_class, right_from=1
+        ),
+        "",
+        "## Split counts",
+        "",
+        *split_section(classes, counts),
+        "",
     ]
     return "\n".join(lines)
 
@@ -425,6 +483,7 @@ def report(
     eval_metrics: Path,
     confusion: Path,
     per_class: Path,
+    mistakes: Path,
     best: Path,
     predictions: Path,
     predictions_gallery: Path,
@@ -444,6 +503,7 @@ def report(
         eval_metrics=Path(eval_metrics),
         confusion=Path(confusion),
         per_class=Path(per_class),
+        mistakes=Path(mistakes),
     )
     classes = data.read_classes(split_dir)
     rows = {
