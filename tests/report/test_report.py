@@ -385,3 +385,22 @@ def test_mistakes_rank_by_loss_and_count_the_confused_pairs():
         {"actual": "b", "predicted": "c", "count": 1},
     ]
     assert why["per_class_accuracy"] == {"a": pytest.approx(1 / 3, abs=1e-6), "b": 0.5, "c": None}
+
+
+def test_near_duplicates_across_shipped_splits_are_listed_by_file(inputs):
+    root, params = inputs
+    with (root / "split" / "near_duplicates.csv").open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["group", "path", "class", "split", "source", "across_splits"])
+        w.writerow([1, "images/a/0.jpg", "a", "train", "mine/a.jpg", "yes"])
+        w.writerow([1, "images/a/1.jpg", "a", "test", "mine/a (copy).jpg", "yes"])
+        w.writerow([2, "images/b/0.jpg", "b", "train", "mine/b.jpg", "no"])
+        w.writerow([2, "images/b/1.jpg", "b", "train", "mine/b2.jpg", "no"])
+    run_report(root, params)
+    text = (root / "reports" / "report.md").read_text()
+    assert "2 group(s) of near-duplicate images (4 images" in text
+    assert "**1 group(s) cross splits the dataset shipped**" in text
+    assert table_rows(text, "group") == [
+        ["1", "`mine/a.jpg`", "a", "train"],
+        ["1", "`mine/a (copy).jpg`", "a", "test"],
+    ]

@@ -126,6 +126,9 @@ class Clean(Section):
 class Split(Section):
     val: Fraction = 0.15
     test: Fraction = 0.15
+    # near-duplicates: images whose 64-bit difference hashes differ in at most this many bits
+    # are one picture (carved into one split; reported when shipped across splits); None = off
+    near_duplicate_bits: Optional[int] = Field(4, ge=0, le=32)
 
     @model_validator(mode="after")
     def _room_for_train(self) -> "Split":

@@ -78,7 +78,7 @@ SPLIT_NAMES = {
     "test-set": "test",
     "testing": "test",
 }
-MANIFEST_COLUMNS = ("path", "class", "split", "source", "width", "height", "sha256")
+MANIFEST_COLUMNS = ("path", "class", "split", "source", "width", "height", "sha256", "dhash")
 REJECTED_COLUMNS = ("source", "class", "reason", "detail")
 
 
@@ -305,6 +305,7 @@ def _tally(
                 res.width,
                 res.height,
                 res.sha256,
+                res.dhash,
             )
         )
         summary.classes[cand.cls]["kept"] += 1

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from transferline.config.params import Clean
+from transferline.data import near_duplicates
 
 if TYPE_CHECKING:  # annotations only: clean's processes never import torch
     import torch
@@ -63,6 +64,7 @@ class Outcome:
     jpeg: Optional[bytes] = None
     width: int = 0
     height: int = 0
+    dhash: str = ""  # perceptual hash of a kept image (transferline/data/near_duplicates.py)
 
 
 def jpeg_complete(data: bytes) -> bool:
@@ -215,7 +217,7 @@ def judge_bytes(data: bytes, params: Clean) -> Outcome:
             sha, "too_small", f"{size[0]}x{size[1]} has a side < clean.min_side {params.min_side}"
         )
     jpeg, w, h = _normalise(bgr, params)
-    return Outcome(sha, jpeg=jpeg, width=w, height=h)
+    return Outcome(sha, jpeg=jpeg, width=w, height=h, dhash=near_duplicates.dhash(bgr))
 
 
 def decode(data: bytes, name: str | Path = "image") -> np.ndarray:

@@ -20,6 +20,12 @@ Rules:
   group the dataset ships in several splits goes to the most held-out of them (test, then val,
   then train), so a shipped evaluation set stays whole and train loses the copy; a warning
   names its paths.
+- Near-duplicates (the same picture resized, re-cropped or re-encoded: difference hashes within
+  `split.near_duplicate_bits` bits, transferline/data/near_duplicates.py) are carved as one
+  unit, with their exact copies, so no carved split holds a near copy of another's image. Groups
+  the dataset itself ships across splits are kept where they ship (its splits are its own) and
+  reported: a warning, `near_duplicates` in the metrics and `near_duplicates.csv` beside the
+  lists (every group of two or more images, `across_splits` yes/no).
 - Labels: the classes of all rows in natural sort order (`1`, `2`, ..., `10`; `img2` before
   `img10`); label = index in classes.json.
 """
@@ -38,12 +44,15 @@ from typing import Any, Iterable
 import numpy as np
 
 from transferline.config.errors import StageError
+from transferline.data import near_duplicates
 from transferline.outputs.atomic import json_text, staged_dir, write_json
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_RANK = {"train": 0, "val": 1, "test": 2}  # a copy shipped in several splits -> highest
-REQUIRED_COLUMNS = ("path", "class", "split", "sha256")
+REQUIRED_COLUMNS = ("path", "class", "split", "sha256")  # and `dhash`, from clean (optional)
 OUT_COLUMNS = ("path", "label", "class")
+NEAR_FILE = "near_duplicates.csv"
+NEAR_COLUMNS = ("group", "path", "class", "split", "source", "across_splits")
 
 
 def natural_key(text: str) -> tuple:
@@ -133,6 +142,52 @@ def _too_few(cls: str, n_pool: int, n_total: int, carve: dict[str, float]) -> St
     )
 
 
+def _near_units(
+    groups: dict[str, list[dict[str, str]]], placed: dict[str, str], bits: int | None
+) -> dict[str, str]:
+    """{sha256: unit key}: the near-duplicate unit (the smallest sha256 of its near-duplicate
+    group) of every group; each group is its own unit when grouping is off or the manifest has no
+    hashes (a manifest from before clean stored them)."""
+    keys = list(groups)
+    hashes = [groups[k][0].get("dhash") or "" for k in keys]
+    if bits is None or not all(hashes):
+        return {k: k for k in keys}
+    roots = near_duplicates.groups(hashes, bits)
+    return {k: keys[r] for k, r in zip(keys, roots)}
+
+
+def _near_report(
+    groups: dict[str, list[dict[str, str]]], placed: dict[str, str], unit: dict[str, str]
+) -> tuple[dict, list[tuple]]:
+    """(metrics, near_duplicates.csv rows) for the near-duplicate groups of 2+ images, as the
+    dataset shipped them."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for sha, key in unit.items():
+        members[key].append(sha)
+    rows, across, images, number = [], 0, 0, 0
+    for key in sorted(members):
+        shas = members[key]
+        if len(shas) < 2:
+            continue
+        number += 1
+        crossing = len({placed[s] for s in shas}) > 1
+        across += crossing
+        group_rows = sorted((r for s in shas for r in groups[s]), key=lambda r: r["path"])
+        images += len(group_rows)
+        for r in group_rows:
+            split = placed[r["sha256"]]
+            rows.append(
+                (number, r["path"], r["class"], split, r["source"], "yes" if crossing else "no")
+            )
+        if crossing:
+            print(
+                "warning: near-duplicates ship in different splits (kept where they ship): "
+                + ", ".join(f"{r['path']} ({placed[r['sha256']]})" for r in group_rows),
+                file=sys.stderr,
+            )
+    return {"groups": number, "images": images, "across_shipped_splits": across}, rows
+
+
 def _carve(
     pool: dict[str, list[str]], carve: dict[str, float], seed: int, totals: Counter
 ) -> dict[str, str]:
@@ -177,6 +232,12 @@ def assign_splits(
     split_params: Any,
 ) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
     """(classes in natural order, {split: rows}) following the rules in the module docstring."""
+    classes, by_split, _ = _assign(rows, seed, split_params)
+    return classes, by_split
+
+
+def _assign(rows: list[dict[str, str]], seed: int, split_params: Any):
+    """assign_splits, plus the near-duplicate report (None when grouping is off)."""
     totals = Counter(row["class"] for row in rows)
     classes = sorted(totals, key=natural_key)
     if len(classes) < 2:
@@ -188,18 +249,29 @@ def assign_splits(
         )
     groups = group_copies(rows)
     placed = {sha: _shipped_split(sha, group) for sha, group in groups.items()}
+    bits = getattr(split_params, "near_duplicate_bits", None)
+    unit = _near_units(groups, placed, bits)
+    hashed = bits is not None and all(groups[k][0].get("dhash") for k in groups)
+    report = _near_report(groups, placed, unit) if hashed else None
     carve = _fractions_to_carve(placed, split_params)
+    # the train pool in units: a near-duplicate group's train-pool part moves as one, counted
+    # under the class of its first image
     pool: dict[str, list[str]] = {cls: [] for cls in classes}
+    in_unit: dict[str, list[str]] = defaultdict(list)
     for sha, split in placed.items():
         if split == "train":
-            pool[groups[sha][0]["class"]].append(sha)
-    placed.update(_carve(pool, carve, seed, totals))
+            in_unit[unit[sha]].append(sha)
+    for key in sorted(in_unit):
+        pool[groups[in_unit[key][0]][0]["class"]].append(key)
+    for key, dest in _carve(pool, carve, seed, totals).items():
+        for sha in in_unit[key]:
+            placed[sha] = dest
     by_split: dict[str, list[dict[str, str]]] = {name: [] for name in SPLITS}
     for sha, split in placed.items():
         by_split[split].extend(groups[sha])
     for name in SPLITS:
         by_split[name].sort(key=lambda r: r["path"])
-    return classes, by_split
+    return classes, by_split, report
 
 
 def split_metrics(classes: list[str], by_split: dict[str, list[dict[str, str]]]) -> dict:
@@ -225,13 +297,28 @@ def write_outputs(
     classes: list[str],
     by_split: dict[str, list[dict[str, str]]],
     metrics: dict,
+    near_rows: list[tuple] | None = None,
 ) -> None:
     with staged_dir(out_dir) as tmp:
         (tmp / "classes.json").write_text(json_text({"classes": classes}), encoding="utf-8")
         label = {cls: i for i, cls in enumerate(classes)}
         for name in SPLITS:
             _write_csv(tmp / f"{name}.csv", by_split[name], label)
+        if near_rows is not None:
+            with (tmp / NEAR_FILE).open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(NEAR_COLUMNS)
+                writer.writerows(near_rows)
     write_json(metrics_path, metrics)
+
+
+def read_near_duplicates(split_dir: Path) -> list[dict[str, str]]:
+    """data/split/near_duplicates.csv rows ([] when grouping was off)."""
+    path = Path(split_dir) / NEAR_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def split_dataset(
@@ -241,11 +328,15 @@ def split_dataset(
     `split_params` has `.val` and `.test` fractions (the validated `split` section)."""
     clean_dir, out_dir, metrics_path = Path(clean_dir), Path(out_dir), Path(metrics_path)
     rows = read_manifest(clean_dir / "manifest.csv")
-    classes, by_split = assign_splits(rows, seed, split_params)
+    classes, by_split, near = _assign(rows, seed, split_params)
     metrics = split_metrics(classes, by_split)
+    near_rows = None
+    if near is not None:
+        counts, near_rows = near
+        metrics["near_duplicates"] = {"max_bits": split_params.near_duplicate_bits, **counts}
     for name in ("val", "test"):  # a shipped split may lack a class; evaluation still runs
         absent = [c for c in classes if metrics[name]["classes"][c] == 0]
         if absent:
             print(f"warning: no {name} images of class(es) {absent}", file=sys.stderr)
-    write_outputs(out_dir, metrics_path, classes, by_split, metrics)
+    write_outputs(out_dir, metrics_path, classes, by_split, metrics, near_rows)
     return metrics

@@ -45,6 +45,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import Params
 from transferline.data import datasets as data
 from transferline.data import transforms
+from transferline.data.split import read_near_duplicates
 from transferline.outputs import atomic as files
 from transferline.outputs import curves as training_curves
 from transferline.outputs import metrics as seeds
@@ -220,6 +221,33 @@ def mistakes_section(best: Run) -> list[str]:
     return lines + _table(header, rows, right_from=3) + [""]
 
 
+def near_duplicates_section(rows: Sequence[dict[str, str]]) -> list[str]:
+    """The near-duplicate groups split found (data/split/near_duplicates.csv): how many, and
+    those the dataset ships across splits, file by file."""
+    if not rows:
+        return []
+    groups = {r["group"] for r in rows}
+    crossing = [r for r in rows if r["across_splits"] == "yes"]
+    lines = [
+        "## Near-duplicates",
+        "",
+        f"{len(groups)} group(s) of near-duplicate images ({len(rows)} images; the same picture "
+        "resized, re-cropped or re-encoded, by perceptual hash within "
+        "`split.near_duplicate_bits`). Carved splits keep each group in one split.",
+        "",
+    ]
+    if not crossing:
+        return lines + ["None crosses a split the dataset shipped.", ""]
+    n = len({r["group"] for r in crossing})
+    lines += [
+        f"**{n} group(s) cross splits the dataset shipped**, so some test or val images have a "
+        "near copy in another split and their scores may be optimistic:",
+        "",
+    ]
+    table = [[r["group"], f"`{r['source']}`", r["class"], r["split"]] for r in crossing]
+    return lines + _table(["group", "file", "class", "split"], table, right_from=4) + [""]
+
+
 def predictions_section(rows: Sequence[dict[str, str]], link: str) -> list[str]:
     ok = [r for r in rows if not r["error"]]
     failed = [r for r in rows if r["error"]]
@@ -250,6 +278,7 @@ def render_markdown(
     choice: dict,
     links: dict[str, str],
     predictions: Sequence[dict[str, str]],
+    near: Sequence[dict[str, str]] = (),
 ) -> str:
     header = [
         "strategy",
@@ -327,6 +356,7 @@ def render_markdown(
         "",
         *split_section(classes, counts),
         "",
+        *near_duplicates_section(near),
     ]
     return "\n".join(lines)
 
@@ -551,6 +581,7 @@ def report(
             choice=choice,
             links=links,
             predictions=predicted,
+            near=read_near_duplicates(split_dir),
         )
     files.write_text(out, text)
     return {"best": best_run.name, "rows": [strategy_row(r) for r in runs], "links": links}
