@@ -226,7 +226,7 @@ BAD_PARAMS = {  # edit -> the key path the error must name
     "check section": (lambda p: p["check"].update(tolerance=-1), "check.tolerance:"),
     "unknown arch": (
         lambda p: p["strategies"]["finetune"].update(arch="resnet999"),
-        "strategies.finetune.arch: unknown arch 'resnet999'; choose one of",
+        "strategies.finetune.arch: unknown arch 'resnet999' (closest: resnet",
     ),
     # what download or predict refused only after DVC had deleted their outputs
     "ftp url": (

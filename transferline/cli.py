@@ -4,6 +4,7 @@
                                  [--csv out.csv] [--imagenet [--arch A]] [--device D]
     transferline export [--model models/<S>.pt | --best metrics/best.json] --out export
     transferline validate [--params F]       check params.yaml as `dvc repro` does first
+    transferline lr-find STRATEGY [--out D]  learning-rate range test on the training data
     transferline check [--rev REV]           re-run REV in a clean clone, compare with its commit
     transferline compare BASE [--out F]      metrics diff against BASE as a markdown section
     transferline plots-template --out .dvc/plots.html
@@ -39,6 +40,12 @@ def _validate(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _lr_find(argv: Sequence[str]) -> int:
+    from transferline.commands.lr_find import main
+
+    return main(argv)
+
+
 def _check(argv: Sequence[str]) -> int:
     from transferline.tools.check import main
 
@@ -63,6 +70,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int | None]]] = {
     "predict": ("classify images with a trained or exported model", _predict),
     "export": ("write a checkpoint as ONNX and TorchScript with sidecars", _export),
     "validate": ("check params.yaml as the pipeline's first stage does", _validate),
+    "lr-find": ("learning-rate range test of a strategy, with a suggested rate", _lr_find),
     "check": ("re-run a revision in a clean clone and compare its results", _check),
     "compare": ("metrics diff against a base revision, as markdown", _compare),
     "plots-template": ("write the offline page template for `dvc plots`", _plots_template),

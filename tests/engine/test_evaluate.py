@@ -297,6 +297,8 @@ def test_cli_missing_model_exits_2_with_message(tmp_path, params_raw):
             "c.json",
             "--per-class",
             "p.json",
+            "--mistakes",
+            "w.json",
         ],
         cwd=tmp_path,
         capture_output=True,

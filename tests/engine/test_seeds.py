@@ -99,6 +99,7 @@ def test_three_seeds_train_evaluate_and_report(params_raw, tmp_path):
             eval=scores,
             confusion=[],
             per_class=[],
+            mistakes={},
         )
     )
     assert row[5] == f"{written['best_val_acc']:.4f} ± {written['std']['best_val_acc']:.4f}"

@@ -65,7 +65,7 @@ def check(arch: str, weights: str) -> None:
     import timm
 
     if not timm.is_model(name):
-        known = list(PRETRAINED) + timm.list_models()
+        known = list(dict.fromkeys([*PRETRAINED, *timm.list_models()]))
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         hint = f"closest: {', '.join(close)}" if close else "no close name"
         raise StageError(
