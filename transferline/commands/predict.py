@@ -2,7 +2,7 @@
 pretrained backbone what it sees.
 
     transferline predict PATH... [--model models/<S>.pt | export/model.onnx]
-        [--top-k K] [--json] [--tta] [--gallery out.png] [--csv out.csv]
+        [--top-k K] [--json] [--tta] [--gallery out.png] [--cam out.png] [--csv out.csv]
         [--imagenet [--arch A]] [--device D]
 
 PATHs are image files and folders (searched recursively; hidden files skipped). Each image is
@@ -12,7 +12,9 @@ downscale and JPEG round trip, with the settings the model recorded), then the e
 metrics/best.json chose (models/<S>.pt). Prints a table (or JSON) of each file's top-k classes;
 a file that cannot be used is listed with its reason and skipped, and the exit status is 1 when
 any was (0 when all were classified, 2 on a usage error). --imagenet shows the backbone's own
-top-5 ImageNet classes before any transfer (its original head, 224 px). Needs no params.yaml.
+top-5 ImageNet classes before any transfer (its original head, 224 px). --cam writes a grid of
+the images as the network saw them (the centre crop) with a Grad-CAM heat map of the top class
+over each (transferline/models/cam.py; a checkpoint only). Needs no params.yaml.
 The DVC stage of the same name is stages/predict.py.
 """
 
@@ -25,7 +27,14 @@ from typing import Sequence
 import torch
 
 from transferline.engine import runtime
-from transferline.engine.predict import DEFAULT_TOP_K, choose_model, collect, predict, write_results
+from transferline.engine.predict import (
+    DEFAULT_TOP_K,
+    cam_gallery,
+    choose_model,
+    collect,
+    predict,
+    write_results,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tta", action="store_true", help="average the softmax over five crops")
     ap.add_argument("--json", action="store_true", help="JSON on stdout instead of a table")
     ap.add_argument("--gallery", type=Path, help="also write a PNG grid of the images")
+    ap.add_argument(
+        "--cam", type=Path, help="also write a PNG grid with a Grad-CAM heat map per image"
+    )
     ap.add_argument("--csv", type=Path, help="also write the results as CSV")
     ap.add_argument(
         "--imagenet",
@@ -96,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=threads,
         )
         results = predict(collect(args.paths), b, top_k=top_k, tta=args.tta, rt=rt)
+        if args.cam is not None:
+            cam_gallery(results, b, args.cam)
     write_results(
         results, b, csv_path=args.csv, gallery_path=args.gallery, as_json_output=args.json
     )

@@ -25,7 +25,7 @@ from matplotlib import style
 
 from transferline.config.errors import StageError
 from transferline.config.params import Params
-from transferline.data import demo, images
+from transferline.data import demo, images, transforms
 from transferline.data.folders import copy_folder
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
@@ -182,6 +182,38 @@ def gallery(results: Sequence[Result], path: Path, limit: int, title: str) -> No
         if not shown:
             axes[0].text(0.5, 0.5, "no images to classify", ha="center", va="center")
         fig.suptitle(title)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        png.save(fig, path)
+
+
+def cam_gallery(results: Sequence[Result], b: bundles.Bundle, path: Path, limit: int = 16) -> None:
+    """Up to `limit` classified images as the network saw them (the eval centre crop), each
+    with a Grad-CAM heat map of its top class over it, titled class, probability and file."""
+    if b.kind != "checkpoint":
+        raise StageError(
+            f"--cam needs a checkpoint (models/<strategy>.pt), not {b.kind} file {b.source}: "
+            "the heat map needs the network's gradients"
+        )
+    from transferline.models.cam import grad_cam
+
+    shown = [r for r in results if r.ok][:limit]
+    transform = b.transform(False)
+    x = torch.stack([transform(r.image) for r in shown]) if shown else None
+    maps = []
+    if shown:
+        model = b.model.cpu().float()
+        targets = [b.classes.index(r.top[0][0]) for r in shown]
+        maps = grad_cam(model, b.meta["arch"], x, targets)
+    with style.context("default"):
+        fig, axes = png.grid(max(len(shown), 1), min(max(len(shown), 1), GALLERY_COLS), 2.2)
+        for k, (ax, r) in enumerate(zip(axes, shown)):
+            seen = transforms.denormalize(x[k], b.mean, b.std)
+            ax.imshow(png.hwc(seen.numpy()))
+            ax.imshow(maps[k].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(f"{r.top[0][0]} {r.top[0][1]:.2f}\n{r.file}", fontsize="small")
+        if not shown:
+            axes[0].text(0.5, 0.5, "no images to classify", ha="center", va="center")
+        fig.suptitle(f"Grad-CAM of the top class ({Path(b.source).name})")
         path.parent.mkdir(parents=True, exist_ok=True)
         png.save(fig, path)
 
