@@ -404,3 +404,15 @@ def test_near_duplicates_across_shipped_splits_are_listed_by_file(inputs):
         ["1", "`mine/a.jpg`", "a", "train"],
         ["1", "`mine/a (copy).jpg`", "a", "test"],
     ]
+
+
+def test_gallery_titles_name_the_users_file():
+    from transferline.report.document import gallery_title
+
+    record = {"actual": "a", "predicted": "b", "path": "images/a/0bd362f78d23bef0.jpg"}
+    sources = {record["path"]: "holiday photos/IMG_0042.JPG"}
+    assert gallery_title(record, sources) == "b / a\nIMG_0042.JPG"
+    assert gallery_title(record, {}) == "b / a\n0bd362f78d23bef0.jpg"
+    long = {record["path"]: "x/" + "very_long_descriptive_name_" * 3 + "end.jpg"}
+    title = gallery_title(record, long).split("\n")[1]
+    assert title.startswith("...") and title.endswith("end.jpg") and len(title) == 26

@@ -312,6 +312,15 @@ def write_outputs(
     write_json(metrics_path, metrics)
 
 
+def read_sources(clean_dir: Path) -> dict[str, str]:
+    """Clean path -> the user's own file name (the manifest's `source`); {} where there is no
+    manifest (images that did not come through clean are named by their clean path)."""
+    manifest = Path(clean_dir) / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    return {row["path"]: row["source"] for row in read_manifest(manifest)}
+
+
 def read_near_duplicates(split_dir: Path) -> list[dict[str, str]]:
     """data/split/near_duplicates.csv rows ([] when grouping was off)."""
     path = Path(split_dir) / NEAR_FILE

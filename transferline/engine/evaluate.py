@@ -37,7 +37,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import Evaluate
 from transferline.data import datasets as data
 from transferline.data import transforms
-from transferline.data.split import read_manifest
+from transferline.data.split import read_sources
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
 from transferline.outputs import metrics as seeds
@@ -261,8 +261,9 @@ def _evaluate(
         if len(per_run) == 1:
             paths = [path for path, _ in rows]
             records = confusion_records(probs["single"].argmax(axis=1), labels, paths, classes)
+            names = read_sources(clean_dir)
             why = mistakes.build(
-                probs["single"], labels, paths, classes, settings.top_losses, _sources(clean_dir)
+                probs["single"], labels, paths, classes, settings.top_losses, names
             )
     metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
@@ -272,15 +273,6 @@ def _evaluate(
     if mistakes_path is not None:
         mistakes.write(mistakes_path, why)
     return metrics
-
-
-def _sources(clean_dir: Path) -> dict[str, str]:
-    """Clean path -> the user's file name, from the clean stage's manifest (none beside images
-    that did not come through clean: they are named by their clean path)."""
-    manifest = clean_dir / "manifest.csv"
-    if not manifest.is_file():
-        return {}
-    return {row["path"]: row["source"] for row in read_manifest(manifest)}
 
 
 def per_class_rows(table: dict[str, dict]) -> list[dict]:

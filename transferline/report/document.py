@@ -45,7 +45,7 @@ from transferline.config.errors import StageError
 from transferline.config.params import Params
 from transferline.data import datasets as data
 from transferline.data import transforms
-from transferline.data.split import read_near_duplicates
+from transferline.data.split import read_near_duplicates, read_sources
 from transferline.outputs import atomic as files
 from transferline.outputs import curves as training_curves
 from transferline.outputs import metrics as seeds
@@ -337,7 +337,7 @@ def render_markdown(
         "",
         f"### Test predictions ({best.name})",
         "",
-        "Titled predicted / true; mistakes first, in red.",
+        "Titled predicted / true over the file's own name; mistakes first, in red.",
         "",
         f"![test predictions]({links['gallery']})",
         "",
@@ -454,14 +454,27 @@ def _image(clean_dir: Path, rel: str):
     return transforms.read_image(path)
 
 
+MAX_NAME = 26  # characters of a file name under a gallery image (longer: its end, after "...")
+
+
+def gallery_title(record: dict[str, str], sources: dict[str, str]) -> str:
+    """ "predicted / true" over the user's own file name (the clean manifest's source; the clean
+    path when there is none), its end kept when it is long."""
+    name = Path(sources.get(record["path"], record["path"])).name
+    if len(name) > MAX_NAME:
+        name = "..." + name[-(MAX_NAME - 3) :]
+    return f"{record['predicted']} / {record['actual']}\n{name}"
+
+
 def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path, path: Path) -> None:
     chosen = gallery_records(records, n)
+    sources = read_sources(clean_dir)
     fig, axes = png.grid(max(len(chosen), 1), min(max(len(chosen), 1), 4), 2.2)
     for ax, r in zip(axes, chosen):
         wrong = r["actual"] != r["predicted"]
         ax.imshow(png.hwc(_image(clean_dir, r["path"])))
         ax.set_title(
-            f"{r['predicted']} / {r['actual']}",
+            gallery_title(r, sources),
             fontsize="small",
             color="red" if wrong else "black",
             fontweight="bold" if wrong else "normal",
