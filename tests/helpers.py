@@ -37,12 +37,13 @@ def write_image(path: Path, rgb: np.ndarray, ext: str = ".jpg") -> Path:
 
 
 def make_image_folder(root: Path, classes=("a", "b", "c"), per_class=8, size=48, seed=0) -> Path:
-    """root/<class>/<i>.jpg: each class a distinct colour with noise, so classes are learnable."""
+    """root/<class>/<i>.jpg: each class a distinct colour with noise, so classes are learnable.
+    `per_class`: images of each class, or {class: images}."""
     rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
         base = np.zeros(3)
         base[c % 3] = 200
-        for i in range(per_class):
+        for i in range(per_class[name] if isinstance(per_class, dict) else per_class):
             img = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
             write_image(root / name / f"{i}.jpg", img)
     return root
@@ -154,15 +155,19 @@ def run_clean(ex: Path, out: Path, params: Clean | None = None):
 CLASSES = ("a", "b", "c")
 
 
-def make_clean_split(root: Path, per_class=8, val_per_class=3, size=40) -> tuple[Path, Path]:
-    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json."""
+def make_clean_split(
+    root: Path, per_class=8, val_per_class=3, size=40, counts: dict[str, int] | None = None
+) -> tuple[Path, Path]:
+    """data/clean-like images/<class>/<i>.jpg and data/split-like CSVs + classes.json; `counts`
+    (class -> images, e.g. an imbalanced set) instead of `per_class` images of each of CLASSES."""
+    counts = counts or {cls: per_class for cls in CLASSES}
     clean, split = root / "clean", root / "split"
-    make_image_folder(clean / "images", classes=CLASSES, per_class=per_class, size=size)
+    make_image_folder(clean / "images", classes=list(counts), per_class=counts, size=size)
     split.mkdir(parents=True)
-    (split / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    (split / "classes.json").write_text(json.dumps({"classes": list(counts)}))
     rows = {"train": [], "val": [], "test": []}
-    for label, cls in enumerate(CLASSES):
-        for i in range(per_class):
+    for label, (cls, n) in enumerate(counts.items()):
+        for i in range(n):
             which = "val" if i < val_per_class else "train"
             rows[which].append((f"images/{cls}/{i}.jpg", label, cls))
     for name, items in rows.items():

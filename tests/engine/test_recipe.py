@@ -5,8 +5,6 @@ byte-identical."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from transferline.data.datasets import SeededSampler
 from transferline.engine import fit
 from transferline.engine.runtime import resolve
 
-from helpers import make_clean_split, make_image_folder, make_params, run_train
+from helpers import make_clean_split, make_params, run_train
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +29,8 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def imbalanced(tmp_path_factory) -> tuple[Path, Path]:
     """Train: 18 images of a, 3 of b, 3 of c; val: 2 of each."""
-    root = tmp_path_factory.mktemp("imbalanced")
     counts = {"a": 20, "b": 5, "c": 5}
-    clean, split = root / "clean", root / "split"
-    for cls, n in counts.items():
-        make_image_folder(clean / "images", classes=(cls,), per_class=n, size=40, seed=len(cls) + n)
-    split.mkdir()
-    classes = sorted(counts)
-    (split / "classes.json").write_text(json.dumps({"classes": classes}))
-    rows = {"train": [], "val": [], "test": []}
-    for label, cls in enumerate(classes):
-        for i in range(counts[cls]):
-            rows["val" if i < 2 else "train"].append((f"images/{cls}/{i}.jpg", label, cls))
-    for name, items in rows.items():
-        with (split / f"{name}.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "class"])
-            w.writerows(sorted(items))
-    return clean, split
+    return make_clean_split(tmp_path_factory.mktemp("imbalanced"), val_per_class=2, counts=counts)
 
 
 CPU = resolve(device="cpu")

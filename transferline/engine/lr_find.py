@@ -27,7 +27,7 @@ from transferline.data import datasets as data
 from transferline.engine import distributed
 from transferline.engine.fit import make_optimizer
 from transferline.engine.runtime import from_params, torch_state
-from transferline.engine.train import _check_rows, _datasets
+from transferline.engine.train import _check_rows, _datasets, _loaders
 from transferline.outputs import atomic as files
 from transferline.report import figures as png
 
@@ -71,17 +71,7 @@ def lr_find(
     _check_rows(rows, classes, split_dir)
     rt = from_params(params.runtime)
     cached = strategy.model_copy(update={"cache_features": False})  # images, not features
-    train_set = _datasets(params, cached, rows, clean_dir)["train"]
-    batch = min(params.train.batch_size, len(train_set))
-    loader = data.make_loader(
-        train_set,
-        batch_size=batch,
-        shuffle=True,
-        workers=params.train.workers,
-        seed=params.seed,
-        device=rt.device,
-        drop_last=len(train_set) % batch == 1,  # a batch of one would break BatchNorm
-    )
+    loader, _ = _loaders(params, _datasets(params, cached, rows, clean_dir), rt, cache=False)
     threads = distributed.threads_per_process(params.threads)
     lrs, losses = [], []
     with torch_state(rt, seed=params.seed, threads=threads):
