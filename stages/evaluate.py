@@ -7,13 +7,15 @@ log loss, top-k accuracy when there are more than `evaluate.top_k` classes, the 
 plot, so the metrics stay a handful of columns at 100 classes) and `plots/confusion/<S>.json` (one
 `{"actual", "predicted", "path"}` record per test image, class names, sorted by path, for DVC's
 `confusion` template) and `plots/mistakes/<S>.json` (the highest-loss test images under the
-user's file names, the most-confused class pairs, per-class accuracy). All are deterministic for
-the same model, data and params.
+user's file names, the most-confused class pairs, per-class accuracy) and, with `--cam`,
+`plots/cam/<S>.png` (those images with the Grad-CAM heat map of the predicted class: a DVC image
+plot, so `dvc plots diff` shows two revisions' side by side). All are deterministic for the same
+model, data and params.
 
     python -m stages.evaluate <strategy> --clean data/clean --split data/split \
         --model models/<strategy>.pt --metrics metrics/eval/<strategy>.json \
         --confusion plots/confusion/<strategy>.json --per-class plots/per_class/<strategy>.json \
-        --mistakes plots/mistakes/<strategy>.json
+        --mistakes plots/mistakes/<strategy>.json --cam plots/cam/<strategy>.png
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="highest-loss test images, most-confused pairs, per-class accuracy (JSON to write)",
     )
+    ap.add_argument(
+        "--cam",
+        type=Path,
+        help="PNG to write: the highest-loss test images with Grad-CAM heat maps",
+    )
     add_option(ap)
     return ap.parse_args(argv)
 
@@ -73,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rt=runtime.from_params(params.runtime),
         per_class_path=args.per_class,
         mistakes_path=args.mistakes,
+        cam_path=args.cam,
     )
     print(
         f"{args.strategy}: test accuracy {metrics['accuracy']:.4f} "

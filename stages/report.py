@@ -17,7 +17,7 @@ byte-identical files (no timestamps, no software versions in the PNGs).
         --train-metrics metrics/train --train-plots plots/train \
         --eval-metrics metrics/eval --confusion plots/confusion --best metrics/best.json \
         --predictions reports/predictions.csv --predictions-gallery reports/predictions.png \
-        --out reports/report.md --figures reports/figures
+        --out reports/report.md --figures reports/figures --cam plots/cam
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("--figures", "folder of PNG figures to write"),
     ]:
         ap.add_argument(flag, type=Path, required=True, help=what)
+    ap.add_argument(
+        "--cam", type=Path, help="folder of plots/cam/<strategy>.png (evaluate), the chosen linked"
+    )
     add_option(ap)
     return ap.parse_args(argv)
 
@@ -75,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out=args.out,
         figures=args.figures,
         params=params,
+        cam=args.cam,
     )
     print(f"{args.out}: {len(result['rows'])} strategies, best {result['best']}")
 

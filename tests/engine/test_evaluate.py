@@ -19,11 +19,15 @@ import yaml
 from transferline import models
 from transferline.config.errors import StageError
 from transferline.config.params import validate
+from transferline.data import datasets as data
 from transferline.data import transforms
 from transferline.engine.evaluate import compute_metrics, confusion_records, evaluate, scores
 from transferline.engine.inference import predict_probs
+from transferline.engine.runtime import resolve
 
 from helpers import ROOT, checkpoint_meta, make_image_folder
+
+CPU = resolve(device="cpu")
 
 CLASSES = ["cat", "dog", "eel"]
 # labels 0 0 1 1 2 2, argmax 0 1 1 1 2 0: 4 of 6 right
@@ -344,3 +348,42 @@ def test_mistakes_name_the_users_files_and_rank_by_loss(tiny):
     accuracy = json.loads((root / "out" / "metrics.json").read_text())["accuracy"]
     per_class = why["per_class_accuracy"]
     assert sum(per_class.values()) / 3 == pytest.approx(accuracy, abs=1e-6)  # 4 images each
+
+
+def test_grad_cam_figure_of_the_highest_loss_images(tiny):
+    """plots/cam/<S>.png: the top-loss test images (mistakes.json's, in its order) as the network
+    saw them, each with a heat map of its predicted class in [0, 1]; the same bytes twice."""
+    from PIL import Image
+
+    from transferline.engine.evaluate import top_loss_cams
+
+    root, rows, params = tiny
+    settings = params.evaluate.model_copy(update={"batch_size": 5, "top_losses": 6})
+    for tag in ("out", "again"):
+        evaluate(
+            model_path=root / "m.pt",
+            clean_dir=root / "clean",
+            split_dir=root / "split",
+            metrics_path=root / tag / "metrics.json",
+            confusion_path=root / tag / "confusion.json",
+            mistakes_path=root / tag / "mistakes.json",
+            cam_path=root / tag / "cam.png",
+            settings=settings,
+            seed=params.seed,
+            threads=1,
+        )
+    png = (root / "out" / "cam.png").read_bytes()
+    assert png == (root / "again" / "cam.png").read_bytes()
+    assert Image.open(root / "out" / "cam.png").size[0] >= 400  # a 4-wide grid
+    top = json.loads((root / "out" / "mistakes.json").read_text())["top_losses"]
+    model, ckpt = models.load_checkpoint(root / "m.pt", map_location="cpu")
+    tf = ckpt["transform"]
+    view = transforms.eval_transform(image_size=32, mean=tf["mean"], std=tf["std"])
+    dataset = data.ImageDataset(root / "clean", rows, view)
+    paths = [p for p, _ in rows]
+    images, maps, titles, _, kw = top_loss_cams(model, ckpt, dataset, paths, top, list("abc"), CPU)
+    assert len(images) == len(maps) == len(titles) == 6
+    assert all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
+    assert [t.split(" ")[0] for t in titles] == [t["predicted"] for t in top]
+    assert kw["wrong"] == [t["predicted"] != t["actual"] for t in top]
+    assert kw["note"] is None

@@ -1,7 +1,7 @@
 """The training recipe beyond the tutorial's: label smoothing, gradient clipping, warmup then a
-schedule, class balance (weighted loss or sampler), TrivialAugment, random erasing, MixUp and
-CutMix. Each is off by default, changes what it says and nothing else, and keeps re-runs
-byte-identical."""
+schedule, layer-wise lr decay, an EMA of the weights, class balance (weighted loss or sampler),
+TrivialAugment, random erasing, MixUp and CutMix. Each is off by default, changes what it says and
+nothing else, and keeps re-runs byte-identical."""
 
 from __future__ import annotations
 
@@ -195,3 +195,167 @@ def test_balance_trains_on_an_imbalanced_split(balance, imbalanced, params_raw, 
     assert result["history"][0]["train_loss"] != pytest.approx(plain["history"][0]["train_loss"])
     # validation is scored the same way either way: plain, unweighted
     assert set(result["history"][0]) == set(plain["history"][0])
+
+
+# ---- layer-wise lr decay ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["cnn3", "resnet18"])
+def test_layer_decay_gives_each_block_its_rate_counted_back_from_the_last(arch):
+    from transferline import models
+    from transferline.config.params import Phase
+
+    model = models.build(arch, 3, "none")
+    blocks = models.blocks(model, arch)
+    head = models.head_name(model) + "."
+    phase = Phase(lr=0.1, backbone_lr_mult=0.5, layer_decay=0.5)
+    opt = fit.make_optimizer(model, phase, arch)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(lr_of) == len(named)  # every parameter in exactly one group
+    assert opt.param_groups[0]["lr"] == 0.1  # the head first, at lr
+    assert all(lr_of[id(p)] == 0.1 for n, p in named.items() if n.startswith(head))
+    for k, block in enumerate(reversed(blocks)):  # the last block at lr * mult, then x 0.5 each
+        first = block.split(" + ")[0]
+        inside = [p for n, p in named.items() if n.startswith(first + ".")]
+        assert inside
+        assert [lr_of[id(p)] for p in inside] == pytest.approx([0.05 * 0.5**k] * len(inside))
+    stem = next(iter(named.values()))  # the first parameter: in front of every block
+    assert lr_of[id(stem)] == pytest.approx(0.05 * 0.5 ** len(blocks))
+    # off (1.0): the two groups as before, head and backbone
+    plain = fit.make_optimizer(model, Phase(lr=0.1, backbone_lr_mult=0.5), arch)
+    assert [g["lr"] for g in plain.param_groups] == [0.1, 0.05]
+    # frozen blocks are in no group: only what trains is decayed
+    models.set_trainable(model, arch, 1)
+    opt = fit.make_optimizer(model, phase, arch)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05]
+
+
+# ---- an EMA of the weights ---------------------------------------------------------------------
+
+
+def test_the_ema_follows_timms_warmed_up_decay():
+    model = _linear()
+    average = fit.WeightAverage(model, 0.9, prefix="")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = model.weight.detach().clone()
+    for step in range(1, 6):
+        fit.run_epoch(
+            model,
+            _batches(step),
+            CPU,
+            opt,
+            CPU.grad_scaler(),
+            recipe=fit.Recipe(after_step=average.update),
+        )
+        decay = 0.0 if step == 1 else min(0.9, 1 - step ** (-2 / 3))  # timm: s - 1 steps in
+        expected = decay * expected + (1 - decay) * model.weight.detach()
+    assert average.steps == 5
+    assert torch.allclose(average.module.weight, expected, atol=1e-6)
+    assert not torch.allclose(average.module.weight, model.weight)
+
+
+def test_an_epoch_offers_its_ema_only_when_strictly_better():
+    row = {"epoch": 3, "val_acc": 0.8, "val_loss": 0.5, "ema_val_acc": 0.85, "ema_val_loss": 0.6}
+    assert fit._offered(row, "val_acc")["ema"] is True
+    assert fit._offered(row, "val_acc")["val_acc"] == 0.85
+    assert fit._offered(row, "val_loss") == {**row, "ema": False}  # its loss is worse
+    tie = dict(row, ema_val_acc=0.8)
+    assert fit._offered(tie, "val_acc")["ema"] is False
+    plain = {"epoch": 1, "val_acc": 0.8, "val_loss": 0.5}
+    assert fit._offered(plain, "val_acc") is plain
+
+
+EMA = dict(MODERN, warmup_epochs=0, schedule={"name": "none"}, ema_decay=0.9, epochs=3)
+
+
+@pytest.mark.parametrize(
+    "strategy, ema_wins",
+    [
+        # one epoch at a high rate: the average (of the epoch's steps) beats the last step
+        (dict(EMA, lr=0.05, epochs=1), True),
+        # a slow head on features, improving every epoch: the lagging average loses
+        (dict(EMA, trainable="head", cache_features=True), False),
+    ],
+    ids=["ema-kept", "weights-kept"],
+)
+def test_the_ema_is_validated_every_epoch_and_its_weights_kept_when_better(
+    strategy, ema_wins, dataset, params_raw, tmp_path
+):
+    """What the checkpoint holds scores exactly the kept best_val_loss on val: the EMA's weights
+    when they won, the trained ones otherwise."""
+    from transferline.config.params import Evaluate
+    from transferline.engine.evaluate import evaluate
+
+    params = make_params(params_raw, {"s": strategy}, patience=0, select="val_loss")
+    result = run_train(params, "s", dataset, tmp_path / "a")
+    history = result["history"]
+    assert all("ema_val_acc" in row and "ema_val_loss" in row for row in history)
+    assert any(row["ema_val_loss"] != row["val_loss"] for row in history)
+    losses = [r["val_loss"] for r in history] + [r["ema_val_loss"] for r in history]
+    assert result["best_val_loss"] == pytest.approx(min(losses), abs=1e-6)
+    assert result["best_is_ema"] is ema_wins
+    # score the checkpoint on val (as the test split) with evaluate: the kept weights' loss
+    clean, split = dataset
+    as_test = tmp_path / "split"
+    as_test.mkdir()
+    for f in split.iterdir():
+        (as_test / f.name).write_bytes(f.read_bytes())
+    (as_test / "test.csv").write_bytes((split / "val.csv").read_bytes())
+    evaluate(
+        model_path=tmp_path / "a" / "m.pt",
+        clean_dir=clean,
+        split_dir=as_test,
+        metrics_path=tmp_path / "e.json",
+        confusion_path=tmp_path / "c.csv",
+        settings=Evaluate(tta_flip=False),
+        seed=0,
+        threads=1,
+    )
+    import json
+
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["accuracy"] == pytest.approx(result["best_val_acc"])
+    assert scored["log_loss"] == pytest.approx(result["best_val_loss"], abs=1e-5)
+    # the same run again: byte-identical, the EMA included
+    run_train(params, "s", dataset, tmp_path / "b")
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+
+
+def test_a_run_interrupted_with_an_ema_resumes_to_the_same_bytes(
+    dataset, params_raw, tmp_path, monkeypatch
+):
+    from transferline.engine.train import train
+
+    params = make_params(params_raw, {"s": EMA}, patience=0)
+    clean, split = dataset
+
+    def run(out: Path):
+        return train(
+            "s",
+            params,
+            clean_dir=clean,
+            split_dir=split,
+            model_path=out / "m.pt",
+            metrics_path=out / "m.json",
+            plots_path=out / "p.tsv",
+            resume_dir=tmp_path / "resume",
+        )
+
+    run(tmp_path / "ref")
+    real, calls = fit._one_epoch, []
+
+    def stop_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # after epoch 2's state was saved
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "_one_epoch", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "out")
+    monkeypatch.setattr(fit, "_one_epoch", real)
+    result = run(tmp_path / "out")
+    assert result["resumed_at"] == 2
+    for name in ("m.pt", "m.json", "p.tsv"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()

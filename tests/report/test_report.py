@@ -407,7 +407,7 @@ def test_near_duplicates_across_shipped_splits_are_listed_by_file(inputs):
 
 
 def test_gallery_titles_name_the_users_file():
-    from transferline.report.document import gallery_title
+    from transferline.report.figures import gallery_title
 
     record = {"actual": "a", "predicted": "b", "path": "images/a/0bd362f78d23bef0.jpg"}
     sources = {record["path"]: "holiday photos/IMG_0042.JPG"}

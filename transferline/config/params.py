@@ -244,6 +244,8 @@ class PhaseOverride(Section):
     warmup_epochs: Optional[int] = Field(None, ge=0)
     label_smoothing: Optional[float] = Field(None, ge=0, le=0.5)
     clip_grad: Optional[float] = Field(None, ge=0)
+    layer_decay: Optional[float] = Field(None, gt=0, le=1)
+    ema_decay: Optional[float] = Field(None, ge=0, lt=1)
 
 
 class Phase(Section):
@@ -261,6 +263,10 @@ class Phase(Section):
     warmup_epochs: int = Field(0, ge=0)  # lr rises linearly to `lr` over these, then `schedule`
     label_smoothing: float = Field(0.0, ge=0, le=0.5)  # of the training loss (val loss: plain)
     clip_grad: float = Field(0.0, ge=0)  # max L2 norm of the gradients; 0 = off
+    # lr x layer_decay per backbone block counted back from the last one; 1 = off
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    # EMA of the weights (timm ModelEmaV3, per step, its decay warm-up capped here); 0 = off
+    ema_decay: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "Phase":

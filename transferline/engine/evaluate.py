@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -40,9 +41,11 @@ from transferline.data import transforms
 from transferline.data.split import read_sources
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
+from transferline.outputs import atomic as files
 from transferline.outputs import metrics as seeds
 from transferline.outputs import mistakes
 from transferline.outputs.atomic import write_json
+from transferline.report import figures as png
 
 DECIMALS = seeds.DECIMALS  # metrics are rounded: float noise must not show in a diff
 
@@ -181,9 +184,12 @@ def evaluate(
     rt: runtime.Runtime | None = None,
     per_class_path: Path | None = None,
     mistakes_path: Path | None = None,
+    cam_path: Path | None = None,
 ) -> dict[str, Any]:
     """Score `model_path` on data/split's test rows; write the metrics, confusion and (when
-    given) per-class files and return the metrics dict (with `per_class`). `workers` only changes
+    given) per-class and mistakes files, and (`cam_path`) a PNG of the highest-loss test images
+    with the Grad-CAM heat map of their predicted class; return the metrics dict (with
+    `per_class`). `workers` only changes
     speed, never the output. `rt` (default: CPU, fp32) is where and how the model runs;
     runtime.device/precision/... in the stage."""
     rt = rt or runtime.resolve(device="cpu")
@@ -196,6 +202,7 @@ def evaluate(
             Path(confusion_path),
             per_class_path and Path(per_class_path),
             mistakes_path and Path(mistakes_path),
+            cam_path and Path(cam_path),
             settings,
             seed,
             workers,
@@ -211,6 +218,7 @@ def _evaluate(
     confusion_path: Path,
     per_class_path: Path | None,
     mistakes_path: Path | None,
+    cam_path: Path | None,
     settings: Evaluate,
     seed: int,
     workers: int,
@@ -265,6 +273,9 @@ def _evaluate(
             why = mistakes.build(
                 probs["single"], labels, paths, classes, settings.top_losses, names
             )
+            if cam_path is not None:  # the first seed's model, as the records
+                dataset.transform = views["single"]
+                cam = top_loss_cams(model, ckpt, dataset, paths, why["top_losses"], classes, rt)
     metrics = per_run[0] if len(per_run) == 1 else seeds.mean_std(per_run, SPREAD)
     write_json(confusion_path, records)
     write_json(metrics_path, {k: v for k, v in metrics.items() if k != "per_class"})
@@ -272,7 +283,40 @@ def _evaluate(
         write_json(per_class_path, per_class_rows(metrics["per_class"]))
     if mistakes_path is not None:
         mistakes.write(mistakes_path, why)
+    if cam_path is not None:
+        images, maps, titles, title, kw = cam
+        with files.written(cam_path) as tmp:
+            png.heat_map_grid(images, maps, titles, tmp, title, **kw)
     return metrics
+
+
+def top_loss_cams(model, ckpt: dict, dataset, paths, top: list[dict], classes, rt) -> tuple:
+    """heat_map_grid's arguments for the highest-loss test images: each as the network saw it
+    (the eval crop), the Grad-CAM of its predicted class, titled predicted (confidence) / true
+    over its file name; a transformer's figure shows the images and says why it has no maps."""
+    from transferline.models.cam import grad_cam
+
+    tf = ckpt["transform"]
+    index = {path: i for i, path in enumerate(paths)}
+    x = [dataset[index[t["path"]]][0] for t in top]
+    images = [transforms.denormalize(v, tf["mean"], tf["std"]).cpu().numpy() for v in x]
+    titles = [
+        png.gallery_title(
+            {"predicted": f"{t['predicted']} {t['confidence']:.2f}", **t}, {t["path"]: t["file"]}
+        )
+        for t in top
+    ]
+    wrong = [t["predicted"] != t["actual"] for t in top]
+    title = f"Grad-CAM of the predicted class: the {len(top)} highest-loss test images"
+    maps, note = None, None
+    if top:
+        try:
+            targets = [classes.index(t["predicted"]) for t in top]
+            heat = grad_cam(model, ckpt["arch"], rt.batch(torch.stack(x)), targets)
+            maps = [m.float().cpu().numpy() for m in heat]
+        except StageError as exc:
+            note = str(exc)
+    return images, maps, titles, title, {"wrong": wrong, "note": note}
 
 
 def per_class_rows(table: dict[str, dict]) -> list[dict]:

@@ -65,18 +65,45 @@ def make_schedule(optimizer: torch.optim.Optimizer, phase: Phase):
     return lr_sched.SequentialLR(optimizer, [warm, main], milestones=[w])
 
 
-def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
-    """Head at phase.lr (group 0), other trainable parameters at lr * backbone_lr_mult."""
+def make_optimizer(
+    model: nn.Module, phase: Phase, arch: str | None = None
+) -> torch.optim.Optimizer:
+    """Head at phase.lr (group 0), other trainable parameters at lr * backbone_lr_mult; with
+    `layer_decay` d < 1 (and the arch, whose blocks it counts) the last backbone block keeps that
+    rate and each block before it gets d times the next one's, the stem d times the first's."""
     head = models.head_name(model) + "."
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr},
-        {
-            "params": [p for n, p in trainable if not n.startswith(head)],
-            "lr": phase.lr * phase.backbone_lr_mult,
-        },
-    ]
+    base = phase.lr * phase.backbone_lr_mult
+    groups = [{"params": [p for n, p in trainable if n.startswith(head)], "lr": phase.lr}]
+    backbone = [(n, p) for n, p in trainable if not n.startswith(head)]
+    if phase.layer_decay == 1.0 or arch is None:
+        groups.append({"params": [p for _, p in backbone], "lr": base})
+    else:
+        depth = block_depths(model, arch)
+        for d in sorted({depth[n] for n, _ in backbone}):
+            params = [p for n, p in backbone if depth[n] == d]
+            groups.append({"params": params, "lr": base * phase.layer_decay**d})
     return OPTIMIZERS[phase.optimizer]([g for g in groups if g["params"]], phase)
+
+
+def block_depths(model: nn.Module, arch: str) -> dict[str, int]:
+    """Parameter name -> how many backbone blocks it sits before the last one (what
+    `layer_decay` raises to): 0 for the last block (and anything after it but the head), B for
+    the stem in front of the first of B blocks. Blocks as `trainable: N` counts them (a timm
+    model's own group matching)."""
+    names = [n for n, _ in model.named_parameters()]
+    starts = []
+    for block in models.blocks(model, arch):
+        first = block.split(" + ")[0]
+        starts.append(
+            next(i for i, n in enumerate(names) if n == first or n.startswith(first + "."))
+        )
+    depth, k = {}, -1
+    for i, name in enumerate(names):
+        while k + 1 < len(starts) and i >= starts[k + 1]:
+            k += 1
+        depth[name] = len(starts) - 1 - k if k >= 0 else len(starts)
+    return depth
 
 
 # ---- one pass over batches ------------------------------------------------------------------
@@ -86,13 +113,15 @@ def make_optimizer(model: nn.Module, phase: Phase) -> torch.optim.Optimizer:
 class Recipe:
     """How a training step differs from plain cross-entropy and a bare optimiser step (all off by
     default): label smoothing, class weights (train.balance: loss), gradient clipping to a max L2
-    norm, and a batch mix (MixUp/CutMix: (x, y) -> (x, soft targets)). Evaluation passes ignore
-    it: the val loss is always the plain one, comparable across recipes."""
+    norm, a batch mix (MixUp/CutMix: (x, y) -> (x, soft targets)), and what runs after each
+    optimiser step (the EMA's update). Evaluation passes ignore it: the val loss is always the
+    plain one, comparable across recipes."""
 
     label_smoothing: float = 0.0
     class_weight: torch.Tensor | None = None
     clip_grad: float = 0.0
     mix: Callable | None = None
+    after_step: Callable[[], None] | None = None
 
 
 PLAIN = Recipe()
@@ -145,6 +174,8 @@ def run_epoch(
                 nn.utils.clip_grad_norm_(params, recipe.clip_grad)
             scaler.step(optimizer)
             scaler.update()
+            if recipe.after_step is not None:
+                recipe.after_step()
         loss_sum += loss.detach().double() * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
@@ -186,9 +217,11 @@ class ImageSteps:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             self.train_fn = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
-    def train_epoch(self, optimizer, desc, phase: Phase):
+    def train_epoch(self, optimizer, desc, phase: Phase, after_step=None):
         models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
-        recipe = Recipe(phase.label_smoothing, self.class_weight, phase.clip_grad, self.mix)
+        recipe = Recipe(
+            phase.label_smoothing, self.class_weight, phase.clip_grad, self.mix, after_step
+        )
         return run_epoch(
             self.train_fn,
             self.train_loader,
@@ -200,10 +233,16 @@ class ImageSteps:
             recipe=recipe,
         )
 
-    def val_epoch(self, desc):
+    @property
+    def trained(self) -> tuple[nn.Module, str]:
+        """The module the optimiser steps and its name prefix in the model's state dict."""
+        return self.model, ""
+
+    def val_epoch(self, desc, module: nn.Module | None = None):
         # the plain module: DDP's forward is a collective, and val shards may differ by one
-        self.model.eval()
-        return run_epoch(self.model, self.val_loader, self.rt, desc=desc, sharded=True)
+        module = self.model if module is None else module
+        module.eval()
+        return run_epoch(module, self.val_loader, self.rt, desc=desc, sharded=True)
 
     def generators(self) -> list[torch.Generator]:
         mix = [self.mix.generator] if self.mix is not None else []
@@ -225,7 +264,9 @@ class FeatureSteps:
         rt: Runtime,
         class_weight=None,
         sample_weight=None,
+        head_name: str = "classifier",
     ):
+        self.head_name = head_name  # the head's name in the whole model (its state dict keys)
         self.head, self.train_xy, self.val_xy, self.bs, self.rt = (
             head,
             train_xy,
@@ -246,21 +287,28 @@ class FeatureSteps:
         x, y = xy
         return [(x[i], y[i]) for i in order.to(x.device).split(self.bs)]
 
-    def train_epoch(self, optimizer, desc, phase: Phase):
+    def train_epoch(self, optimizer, desc, phase: Phase, after_step=None):
         self.head.train()
         n = len(self.train_xy[1])
         if self.sample_weight is None:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.multinomial(self.sample_weight, n, True, generator=self.generator)
-        recipe = Recipe(phase.label_smoothing, self.class_weight, phase.clip_grad)
+        recipe = Recipe(
+            phase.label_smoothing, self.class_weight, phase.clip_grad, after_step=after_step
+        )
         batches = self._batches(self.train_xy, order)
         return run_epoch(self.head, batches, self.rt, optimizer, self.scaler, desc, recipe=recipe)
 
-    def val_epoch(self, desc):
-        self.head.eval()
+    @property
+    def trained(self) -> tuple[nn.Module, str]:
+        return self.head, self.head_name + "."
+
+    def val_epoch(self, desc, module: nn.Module | None = None):
+        module = self.head if module is None else module
+        module.eval()
         order = torch.arange(len(self.val_xy[1]))
-        return run_epoch(self.head, self._batches(self.val_xy, order), self.rt, desc=desc)
+        return run_epoch(module, self._batches(self.val_xy, order), self.rt, desc=desc)
 
     def generators(self) -> list[torch.Generator]:
         return [self.generator]
@@ -288,6 +336,46 @@ def cached_features(model: nn.Module, loader, rt: Runtime) -> tuple[torch.Tensor
     )
 
 
+# ---- an average of the weights --------------------------------------------------------------
+
+
+class WeightAverage:
+    """An exponential moving average of the trained module's weights and buffers (timm's
+    ModelEmaV3), updated after every optimiser step with its decay warm-up: after s steps the
+    decay is min(ema_decay, 1 - (1 + s)^(-2/3)), so the average follows the weights closely at
+    first and only later smooths over many steps. Validated every epoch beside the weights
+    themselves; the better of the two is what the epoch offers as best."""
+
+    def __init__(self, module: nn.Module, decay: float, prefix: str):
+        from timm.utils import ModelEmaV3
+
+        self.source, self.prefix, self.steps = module, prefix, 0
+        self.ema = ModelEmaV3(module, decay=decay, use_warmup=True)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ema.module
+
+    def update(self) -> None:
+        self.steps += 1
+        self.ema.update(self.source, step=self.steps)
+
+    def full_state(self, model: nn.Module) -> dict:
+        """The whole model's state dict with the averaged module in place of the trained one."""
+        state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        state.update(
+            {self.prefix + n: t.detach().clone() for n, t in self.module.state_dict().items()}
+        )
+        return state
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = state["steps"]
+
+
 # ---- the phases -----------------------------------------------------------------------------
 
 
@@ -298,6 +386,15 @@ def _better(row: dict, best: dict | None, select: str) -> bool:
     if select == "val_acc":
         return row["val_acc"] > best["val_acc"]
     return row["val_loss"] < best["val_loss"]
+
+
+def _offered(row: dict, select: str) -> dict:
+    """What an epoch offers as its best: its weights' scores, or its EMA's where those are
+    strictly better (then marked `ema: True`, with the EMA's val_loss and val_acc)."""
+    if "ema_val_acc" not in row:
+        return row
+    ema = {**row, "val_loss": row["ema_val_loss"], "val_acc": row["ema_val_acc"], "ema": True}
+    return ema if _better(ema, row, select) else {**row, "ema": False}
 
 
 @dataclass
@@ -347,6 +444,7 @@ def fit(
         start = saved if saved and k == saved.phase else _Position(phase=k)
         stop = _run_phase(
             model,
+            arch,
             phase,
             steps,
             train_p,
@@ -378,6 +476,7 @@ def _restore(state: dict, model, steps) -> tuple[Fit, _Position]:
 
 def _run_phase(
     model,
+    arch: str,
     phase: Phase,
     steps,
     train_p,
@@ -393,10 +492,16 @@ def _run_phase(
     train.patience ends this phase (the next one changes the setting and may still improve);
     train.target_acc ends the run.
     """
-    optimizer = make_optimizer(model, phase)
+    optimizer = make_optimizer(model, phase, arch)
     scheduler = make_schedule(optimizer, phase)
     steps.begin_phase()
+    average = None
+    if phase.ema_decay:
+        module, prefix = steps.trained
+        average = WeightAverage(module, phase.ema_decay, prefix)
     if state is not None:
+        if average is not None:
+            average.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -404,15 +509,20 @@ def _run_phase(
             steps.scaler.load_state_dict(state["scaler"])
     for epoch in range(pos.epochs + 1, phase.epochs + 1):
         pos.epochs = epoch  # where the run stands, saved with the state after this epoch
-        row = _one_epoch(len(run.history) + 1, pos.phase, phase, optimizer, steps)
+        row = _one_epoch(len(run.history) + 1, pos.phase, phase, optimizer, steps, average)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(row["val_loss"])  # the same on every process: val sums are global
         elif scheduler is not None:
             scheduler.step()
         run.history.append(row)
-        if _better(row, run.best, train_p.select):
-            run.best, pos.stale = row, 0
-            run.best_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        offer = _offered(row, train_p.select)
+        if _better(offer, run.best, train_p.select):
+            run.best, pos.stale = offer, 0
+            run.best_state = (
+                average.full_state(model)
+                if offer.get("ema")
+                else {n: t.detach().clone() for n, t in model.state_dict().items()}
+            )
         else:
             pos.stale += 1
         pos.stop = train_p.target_acc < 1.0 and row["val_acc"] >= train_p.target_acc
@@ -425,15 +535,16 @@ def _run_phase(
         if pos.phase_over:
             run.phases.append({"phase": pos.phase, "epochs": pos.epochs, **info})
         if resume is not None and distributed.world().main:
-            resume.save(_state(model, optimizer, scheduler, steps, run, pos))
+            resume.save(_state(model, optimizer, scheduler, steps, run, pos, average))
         if pos.phase_over:
             break
     return pos.stop
 
 
-def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position) -> dict:
+def _state(model, optimizer, scheduler, steps, run: Fit, pos: _Position, average) -> dict:
     return {
         "model": model.state_dict(),
+        "ema": average.state_dict() if average is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": steps.scaler.state_dict(),
@@ -460,21 +571,31 @@ def _check_finite(split: str, loss: float, epoch: int, phase: int, lr: float) ->
         )
 
 
-def _one_epoch(epoch: int, phase: int, settings: Phase, optimizer, steps) -> dict:
+def _one_epoch(epoch: int, phase: int, settings: Phase, optimizer, steps, average=None) -> dict:
     lr = optimizer.param_groups[0]["lr"]  # group 0 is the head
     start = time.perf_counter()
-    train_loss, train_acc, n_train = steps.train_epoch(optimizer, f"epoch {epoch} train", settings)
+    after_step = average.update if average is not None else None
+    train_loss, train_acc, n_train = steps.train_epoch(
+        optimizer, f"epoch {epoch} train", settings, after_step
+    )
     _check_finite("train", train_loss, epoch, phase, lr)
     val_loss, val_acc, n_val = steps.val_epoch(f"epoch {epoch} val")
     _check_finite("val", val_loss, epoch, phase, lr)
+    ema = {}
+    if average is not None:
+        ema_loss, ema_acc, _ = steps.val_epoch(f"epoch {epoch} val (EMA)", average.module)
+        _check_finite("EMA val", ema_loss, epoch, phase, lr)
+        ema = {"ema_val_loss": ema_loss, "ema_val_acc": ema_acc}
     secs = time.perf_counter() - start
+    tail = f"  EMA val loss {ema_loss:.4f} acc {ema_acc:.4f}" if ema else ""
     log(
         f"epoch {epoch:3d} (phase {phase}) lr {lr:.3g}  train loss {train_loss:.4f} "
-        f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  "
+        f"acc {train_acc:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}{tail}  "
         f"[{secs:.1f} s, {(n_train + n_val) / secs:.1f} img/s]"
     )
     # seconds/images are for the caller and the log only; the TSV keeps train.PLOT_COLUMNS
     return {
+        **ema,
         "epoch": epoch,
         "phase": phase,
         "lr": lr,

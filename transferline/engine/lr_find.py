@@ -80,8 +80,9 @@ def lr_find(
         )
         models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
-        optimizer = make_optimizer(model, phase)
-        ratios = [g["lr"] / phase.lr for g in optimizer.param_groups]  # head 1, backbone mult
+        optimizer = make_optimizer(model, phase, strategy.arch)
+        # head 1, backbone mult (times layer_decay per block)
+        ratios = [g["lr"] / phase.lr for g in optimizer.param_groups]
         gamma = (end / start) ** (1 / max(1, steps - 1))
         avg, best = 0.0, math.inf
         batches = iter(())

@@ -203,19 +203,16 @@ def cam_gallery(results: Sequence[Result], b: bundles.Bundle, path: Path, limit:
     if shown:
         model = b.model.cpu().float()
         targets = [b.classes.index(r.top[0][0]) for r in shown]
-        maps = grad_cam(model, b.meta["arch"], x, targets)
-    with style.context("default"):
-        fig, axes = png.grid(max(len(shown), 1), min(max(len(shown), 1), GALLERY_COLS), 2.2)
-        for k, (ax, r) in enumerate(zip(axes, shown)):
-            seen = transforms.denormalize(x[k], b.mean, b.std)
-            ax.imshow(png.hwc(seen.numpy()))
-            ax.imshow(maps[k].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(f"{r.top[0][0]} {r.top[0][1]:.2f}\n{r.file}", fontsize="small")
-        if not shown:
-            axes[0].text(0.5, 0.5, "no images to classify", ha="center", va="center")
-        fig.suptitle(f"Grad-CAM of the top class ({Path(b.source).name})")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        png.save(fig, path)
+        maps = [m.numpy() for m in grad_cam(model, b.meta["arch"], x, targets)]
+    png.heat_map_grid(
+        [transforms.denormalize(x[k], b.mean, b.std).numpy() for k in range(len(shown))],
+        maps,
+        [f"{r.top[0][0]} {r.top[0][1]:.2f}\n{r.file}" for r in shown],
+        path,
+        f"Grad-CAM of the top class ({Path(b.source).name})",
+        note=None if shown else "no images to classify",
+        cols=GALLERY_COLS,
+    )
 
 
 # ---- the stage's input folder ---------------------------------------------------------------

@@ -170,9 +170,16 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: 
         f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
         f"in {secs:.1f} s ({n / secs:.1f} img/s)"
     )
-    head = model.get_submodule(models.head_name(model))
+    name = models.head_name(model)
     steps = loop.FeatureSteps(
-        head, train_xy, val_xy, params.train.batch_size, params.seed, rt, **balance
+        model.get_submodule(name),
+        train_xy,
+        val_xy,
+        params.train.batch_size,
+        params.seed,
+        rt,
+        **balance,
+        head_name=name,
     )
     steps.feature_seconds = secs
     return steps
@@ -397,6 +404,8 @@ def _run_metrics(model: nn.Module, fit: Fit) -> dict:
         "best_epoch": fit.best["epoch"],
         "best_val_acc": round(fit.best["val_acc"], 6),
         "best_val_loss": round(fit.best["val_loss"], 6),
+        # with an EMA (ema_decay): whether the kept weights are the average's
+        **({"best_is_ema": fit.best["ema"]} if "ema" in fit.best else {}),
         "epochs": len(fit.history),
         "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in fit.trained),
         "total_params": sum(p.numel() for p in model.parameters()),

@@ -189,8 +189,9 @@ def best_section(best: Run, choice: dict) -> list[str]:
     ]
 
 
-def mistakes_section(best: Run) -> list[str]:
-    """Why the chosen model is wrong: its most-confused pairs and highest-loss test images."""
+def mistakes_section(best: Run, cam: str | None = None) -> list[str]:
+    """Why the chosen model is wrong: its most-confused pairs and highest-loss test images, and
+    (`cam`: the link to evaluate's figure) those images under their Grad-CAM heat maps."""
     why = best.mistakes
     lines = [f"## Why {best.name} is wrong", ""]
     pairs = why["most_confused"]
@@ -218,7 +219,16 @@ def mistakes_section(best: Run) -> list[str]:
         for t in top
     ]
     header = ["file", "true", "predicted", "confidence", "p(true)", "loss"]
-    return lines + _table(header, rows, right_from=3) + [""]
+    lines += _table(header, rows, right_from=3) + [""]
+    if cam is not None:
+        lines += [
+            "Where the network looked: each of those images as it saw them (the eval crop), under "
+            "the Grad-CAM heat map of the class it predicted (red: most evidence).",
+            "",
+            f"![Grad-CAM of the highest-loss test images]({cam})",
+            "",
+        ]
+    return lines
 
 
 def near_duplicates_section(rows: Sequence[dict[str, str]]) -> list[str]:
@@ -319,7 +329,7 @@ def render_markdown(
         *_table(header, [strategy_row(r) for r in runs], right_from=3),
         "",
         *best_section(best, choice),
-        *mistakes_section(best),
+        *mistakes_section(best, links.get("cam")),
         "## Figures",
         "",
         "### Training curves",
@@ -454,18 +464,6 @@ def _image(clean_dir: Path, rel: str):
     return transforms.read_image(path)
 
 
-MAX_NAME = 26  # characters of a file name under a gallery image (longer: its end, after "...")
-
-
-def gallery_title(record: dict[str, str], sources: dict[str, str]) -> str:
-    """ "predicted / true" over the user's own file name (the clean manifest's source; the clean
-    path when there is none), its end kept when it is long."""
-    name = Path(sources.get(record["path"], record["path"])).name
-    if len(name) > MAX_NAME:
-        name = "..." + name[-(MAX_NAME - 3) :]
-    return f"{record['predicted']} / {record['actual']}\n{name}"
-
-
 def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path, path: Path) -> None:
     chosen = gallery_records(records, n)
     sources = read_sources(clean_dir)
@@ -474,7 +472,7 @@ def gallery_figure(records: Sequence[dict[str, str]], n: int, clean_dir: Path, p
         wrong = r["actual"] != r["predicted"]
         ax.imshow(png.hwc(_image(clean_dir, r["path"])))
         ax.set_title(
-            gallery_title(r, sources),
+            png.gallery_title(r, sources),
             fontsize="small",
             color="red" if wrong else "black",
             fontweight="bold" if wrong else "normal",
@@ -533,10 +531,12 @@ def report(
     out: Path,
     figures: Path,
     params: Params,
+    cam: Path | None = None,
 ) -> dict[str, Any]:
     """Write report.md and its figures; return the best strategy, the table rows and the
     figure links (relative to report.md). `best` is metrics/best.json (select);
-    `predictions` and `predictions_gallery` are the predict stage's CSV and PNG, linked."""
+    `predictions` and `predictions_gallery` are the predict stage's CSV and PNG, linked; `cam`
+    the folder of evaluate's Grad-CAM figures (plots/cam), the chosen strategy's linked."""
     clean_dir, split_dir, out, figures = map(Path, (clean_dir, split_dir, out, figures))
     runs = load_runs(
         list(params.strategies),
@@ -559,6 +559,13 @@ def report(
     names = [*(f"curves-{r.name}" for r in runs), "confusion", "gallery", "augment"]
     links = {n: Path(os.path.relpath(figures / f"{n}.png", out.parent)).as_posix() for n in names}
     links["predictions"] = Path(os.path.relpath(predictions_gallery, out.parent)).as_posix()
+    if cam is not None:
+        figure = Path(cam) / f"{best_run.name}.png"
+        if not figure.is_file():
+            raise StageError(
+                f"{figure}: not found; run `dvc repro evaluate@{best_run.name}` to produce it"
+            )
+        links["cam"] = Path(os.path.relpath(figure, out.parent)).as_posix()
     # the figures are swapped in first, then report.md replaced: an earlier report survives a
     # failed run, and a new report.md never links to figures that are not there yet
     with files.staged_dir(figures) as fig_dir, style.context("default"):  # no user matplotlibrc
