@@ -57,7 +57,7 @@ IMAGE_SIZE = 224  # px; the tutorial's crop
 TUTORIAL_WORKERS = 2  # DataLoader processes for the tutorial loop (one per core)
 # ours -> the tutorial run it is held against (speed and accuracy)
 COUNTERPART = {"finetune": "finetune", "partial": "finetune", "feature_extractor": "fixed"}
-SPEED_GOAL = {"all four": 2.0, "feature_extractor": 50.0}  # x faster than the counterpart
+SPEED_GOAL = {"all four": 3.0, "feature_extractor": 50.0}  # x faster than the counterpart
 
 
 # ---- data: our own stages -------------------------------------------------------------------
@@ -276,7 +276,9 @@ def table(runs: list[dict], prep: dict, strategies: list[str], tutorial: list[st
     return "\n".join(rows + lines)
 
 
-def results_block(name: str, body: str, cmd: str, data: Path, n: int, load_before: tuple) -> str:
+def results_block(
+    name: str, body: str, cmd: str, data: Path, n: int, load_before: tuple, n_tutorial: int
+) -> str:
     begin, end = markers(name)
     return (
         f"{begin}\n"
@@ -286,7 +288,9 @@ def results_block(name: str, body: str, cmd: str, data: Path, n: int, load_befor
         f"{torch.__version__} (default threads {torch.get_num_threads()})  \n"
         f"Load average (1/5/15 min) before {load(load_before)}, after "
         f"{load(os.getloadavg())}  \n"
-        f"n = {n} rounds, each running every row once in the order listed; wall-clock "
+        f"n = {n} rounds, each running every row once in the order listed"
+        f"{f' (the tutorial in the first {n_tutorial} only)' if n_tutorial < n else ''}; "
+        "wall-clock "
         f"seconds: the tutorial's own timer (its epoch loop), ours `train()`'s (model "
         f"build, feature caching, epochs, checkpoint).\n\n{body}\n{end}"
     )
@@ -307,6 +311,13 @@ def main() -> None:
         help="tutorial strategies per round, comma-separated, or none",
     )
     ap.add_argument("--tutorial-epochs", type=int, default=25)
+    ap.add_argument(
+        "--tutorial-repeats",
+        type=int,
+        default=None,
+        help="run the tutorial in the first N rounds only (default: every round); its "
+        "25-epoch fine-tuning takes 12 to 16 minutes a round on 2 cores",
+    )
     ap.add_argument(
         "--strategies",
         default=None,
@@ -334,8 +345,9 @@ def main() -> None:
         work = args.out or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         prep = prepare(args.data, work, params)
+        tutorial_rounds = args.repeats if args.tutorial_repeats is None else args.tutorial_repeats
         for r in range(1, args.repeats + 1):
-            for s in tutorial:
+            for s in tutorial if r <= tutorial_rounds else []:
                 runs.append({"round": r, **run_tutorial(args.data, s, args.tutorial_epochs)})
                 print(json.dumps(runs[-1]), file=sys.stderr)
             for s in strategies:
@@ -350,7 +362,9 @@ def main() -> None:
         name = f"train_bench_{args.data.name}"
         cmd = " ".join([".venv/bin/python -m bench.train_bench", *sys.argv[1:]])
         write_block(
-            name, "train", results_block(name, body, cmd, args.data, args.repeats, load_before)
+            name,
+            "train",
+            results_block(name, body, cmd, args.data, args.repeats, load_before, tutorial_rounds),
         )
 
 

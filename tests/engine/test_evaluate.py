@@ -384,6 +384,7 @@ def test_grad_cam_figure_of_the_highest_loss_images(tiny):
     images, maps, titles, _, kw = top_loss_cams(model, ckpt, dataset, paths, top, list("abc"), CPU)
     assert len(images) == len(maps) == len(titles) == 6
     assert all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
-    assert [t.split(" ")[0] for t in titles] == [t["predicted"] for t in top]
+    heads = [f"{t['predicted']} {t['confidence']:.2f} / {t['actual']}" for t in top]
+    assert [title.split("\n")[0] for title in titles] == heads
     assert kw["wrong"] == [t["predicted"] != t["actual"] for t in top]
     assert kw["note"] is None

@@ -110,18 +110,25 @@ def test_a_weighted_sampler_draws_the_classes_evenly_and_repeatably():
 
 def test_recipe_params_are_off_by_default_and_validated(params_raw):
     p = Params.model_validate(params_raw)
-    s = p.strategies["finetune"].resolved_phases()[0]
+    s = p.strategies["scratch"].resolved_phases()[0]  # an entry that sets none of them
     assert (s.label_smoothing, s.clip_grad, s.warmup_epochs) == (0.0, 0.0, 0)
+    assert (s.layer_decay, s.ema_decay, s.freeze_bn) == (1.0, 0.0, False)
     a = p.train.augment
     assert p.train.balance == "none"
     assert (a.trivial_augment, a.random_erasing, a.mixup, a.cutmix) == (False, 0.0, 0.0, 0.0)
-    bad = dict(params_raw["strategies"]["finetune"], warmup_epochs=2)  # its schedule is plateau
+    bad = dict(params_raw["strategies"]["scratch"], warmup_epochs=2)  # its schedule is plateau
     raw = {**params_raw, "strategies": {"s": bad}}
     with pytest.raises(ValidationError, match="warmup_epochs needs schedule none, step or cosine"):
         Params.model_validate(raw)
-    bad = dict(params_raw["strategies"]["finetune"], schedule={"name": "cosine"}, warmup_epochs=25)
+    scratch = params_raw["strategies"]["scratch"]
+    bad = dict(scratch, schedule={"name": "cosine"}, epochs=25, warmup_epochs=25)
     with pytest.raises(ValidationError, match="warmup_epochs 25 must be below epochs 25"):
         Params.model_validate({**params_raw, "strategies": {"s": bad}})
+    for key, value in [("layer_decay", 0), ("layer_decay", 1.5), ("ema_decay", 1.0)]:
+        with pytest.raises(ValidationError, match=key):
+            Params.model_validate(
+                {**params_raw, "strategies": {"s": dict(bad, warmup_epochs=0, **{key: value})}}
+            )
     with pytest.raises(ValidationError, match="label_smoothing"):
         Params.model_validate(
             {**params_raw, "strategies": {"s": dict(bad, warmup_epochs=0, label_smoothing=0.7)}}
@@ -359,3 +366,36 @@ def test_a_run_interrupted_with_an_ema_resumes_to_the_same_bytes(
     assert result["resumed_at"] == 2
     for name in ("m.pt", "m.json", "p.tsv"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes()
+
+
+# ---- batch norm kept at its pretrained statistics ---------------------------------------------
+
+
+def test_freeze_bn_keeps_every_running_statistic_and_still_trains_the_rest(
+    dataset, params_raw, tmp_path
+):
+    from transferline import models
+
+    model = models.build("resnet18", 3, "none")
+    models.train_mode(model, freeze_bn=True)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert model.training and model.layer4[0].conv1.training
+    models.train_mode(model)  # off: batch norm trains with the rest
+    assert all(m.training for m in bns)
+
+    strategy = dict(MODERN, arch="cnn2", warmup_epochs=0, epochs=1, freeze_bn=True)
+    run_train(make_params(params_raw, {"s": strategy}, patience=0), "s", dataset, tmp_path / "f")
+    batch = make_params(params_raw, {"s": dict(strategy, freeze_bn=False)}, patience=0)
+    run_train(batch, "s", dataset, tmp_path / "batch")
+    frozen = torch.load(tmp_path / "f" / "m.pt", weights_only=True)["state_dict"]
+    batch = torch.load(tmp_path / "batch" / "m.pt", weights_only=True)["state_dict"]
+    means = [k for k in frozen if k.endswith("running_mean")]
+    assert means
+    for k in means:  # a new BatchNorm starts at mean 0, variance 1
+        var = k.replace("running_mean", "running_var")
+        assert torch.equal(frozen[k], torch.zeros_like(frozen[k]))
+        assert torch.equal(frozen[var], torch.ones_like(frozen[var]))
+        assert not torch.equal(batch[k], torch.zeros_like(batch[k]))
+    # the weights trained either way, differently
+    assert not torch.equal(frozen["head.weight"], batch["head.weight"])

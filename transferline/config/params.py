@@ -246,6 +246,7 @@ class PhaseOverride(Section):
     clip_grad: Optional[float] = Field(None, ge=0)
     layer_decay: Optional[float] = Field(None, gt=0, le=1)
     ema_decay: Optional[float] = Field(None, ge=0, lt=1)
+    freeze_bn: Optional[bool] = None
 
 
 class Phase(Section):
@@ -267,6 +268,8 @@ class Phase(Section):
     layer_decay: float = Field(1.0, gt=0, le=1)
     # EMA of the weights (timm ModelEmaV3, per step, its decay warm-up capped here); 0 = off
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # batch norm keeps the pretrained running statistics (eval mode) while the rest trains
+    freeze_bn: bool = False
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "Phase":

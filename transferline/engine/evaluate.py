@@ -302,7 +302,7 @@ def top_loss_cams(model, ckpt: dict, dataset, paths, top: list[dict], classes, r
     images = [transforms.denormalize(v, tf["mean"], tf["std"]).cpu().numpy() for v in x]
     titles = [
         png.gallery_title(
-            {"predicted": f"{t['predicted']} {t['confidence']:.2f}", **t}, {t["path"]: t["file"]}
+            {**t, "predicted": f"{t['predicted']} {t['confidence']:.2f}"}, {t["path"]: t["file"]}
         )
         for t in top
     ]

@@ -218,7 +218,8 @@ class ImageSteps:
             self.train_fn = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def train_epoch(self, optimizer, desc, phase: Phase, after_step=None):
-        models.train_mode(self.model)  # frozen parts (and their BN statistics) stay in eval
+        # frozen parts (and their BN statistics) stay in eval; all BN with freeze_bn
+        models.train_mode(self.model, phase.freeze_bn)
         recipe = Recipe(
             phase.label_smoothing, self.class_weight, phase.clip_grad, self.mix, after_step
         )

@@ -95,7 +95,7 @@ def lr_find(
             except StopIteration:
                 batches = iter(loader)
                 x, y = next(batches)
-            models.train_mode(model)
+            models.train_mode(model, phase.freeze_bn)
             with rt.autocast():
                 loss = F.cross_entropy(model(rt.batch(x)).float(), y.to(rt.device))
             optimizer.zero_grad(set_to_none=True)

@@ -76,8 +76,10 @@ def set_trainable(model: nn.Module, arch: str, trainable: Any) -> dict:
     }
 
 
-def train_mode(model: nn.Module) -> nn.Module:
-    """model.train(), except that fully frozen modules stay in eval mode.
+def train_mode(model: nn.Module, freeze_bn: bool = False) -> nn.Module:
+    """model.train(), except that fully frozen modules stay in eval mode, and with `freeze_bn`
+    every batch-norm layer too (normalising by its running statistics, which stay as they are;
+    its scale and shift still train where they are trainable).
 
     A module whose parameters all have requires_grad=False (a frozen block, or a frozen
     BatchNorm inside a trainable one) is put in eval mode with everything inside it, so BN
@@ -96,4 +98,8 @@ def train_mode(model: nn.Module) -> nn.Module:
             visit(child)
 
     visit(model)
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     return model
