@@ -166,7 +166,7 @@ def write_choice(root: Path, name: str, by="val_acc") -> None:
     cv2.imwrite(str(root / "predictions.png"), np.full((120, 160, 3), 200, np.uint8))
 
 
-def run_report(root: Path, params, out="reports"):
+def run_report(root: Path, params, out="reports", cam: Path | None = None):
     if not (root / "metrics/best.json").exists():
         write_choice(root, "alpha")
     return report(
@@ -184,6 +184,7 @@ def run_report(root: Path, params, out="reports"):
         out=root / out / "report.md",
         figures=root / out / "figures",
         params=params,
+        cam=cam,
     )
 
 
@@ -416,3 +417,24 @@ def test_gallery_titles_name_the_users_file():
     long = {record["path"]: "x/" + "very_long_descriptive_name_" * 3 + "end.jpg"}
     title = gallery_title(record, long).split("\n")[1]
     assert title.startswith("...") and title.endswith("end.jpg") and len(title) == 26
+
+
+def test_the_chosen_strategys_grad_cam_figure_is_linked_and_a_missing_one_named(inputs):
+    root, params = inputs
+    cam = root / "plots" / "cam"
+    cam.mkdir(parents=True)
+    cv2.imwrite(str(cam / "alpha.png"), np.full((60, 80, 3), 128, np.uint8))
+    result = run_report(root, params, cam=cam)
+    text = (root / "reports" / "report.md").read_text()
+    assert result["links"]["cam"] == "../plots/cam/alpha.png"
+    why = text.split("## Why alpha is wrong", 1)[1].split("\n## ", 1)[0]
+    assert "![Grad-CAM of the highest-loss test images](../plots/cam/alpha.png)" in why
+    # without the figure: the stage that draws it is named, and the report is left as it was
+    (cam / "alpha.png").unlink()
+    with pytest.raises(
+        StageError,
+        match=r"plots/cam/alpha.png: not found; run `dvc repro "
+        r"evaluate@alpha`",
+    ):
+        run_report(root, params, cam=cam)
+    assert (root / "reports" / "report.md").read_text() == text
