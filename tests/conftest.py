@@ -5,6 +5,7 @@ absent), tmpfs mounts, and a DVC site cache per test session."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -34,6 +35,13 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 # Under pytest-xdist two workers' stage processes share the cores: OpenMP threads that spin
 # while waiting would take turns from the other process (passive waiting changes no result).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Tests that press Ctrl-C (SIGINT) on a stage need it to arrive as in a terminal's foreground
+# job. A non-interactive shell starts `make test &` with SIGINT ignored, and an ignored signal
+# stays ignored in every child: handle it again here, so the children start with the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Stage commands run `python -m stages...`: make that this interpreter, activated or not.
