@@ -188,7 +188,7 @@ def make_params(params_raw: dict, strategies: dict, runtime: dict | None = None,
     return P.validate(raw)
 
 
-def run_train(params, name: str, dataset, out: Path) -> dict:
+def run_train(params, name: str, dataset, out: Path, resume_dir: Path | None = None) -> dict:
     from transferline.engine.train import (
         train,  # torch and the models: only for the tests that train
     )
@@ -202,6 +202,7 @@ def run_train(params, name: str, dataset, out: Path) -> dict:
         model_path=out / "m.pt",
         metrics_path=out / "m.json",
         plots_path=out / "p.tsv",
+        resume_dir=resume_dir,
     )
 
 

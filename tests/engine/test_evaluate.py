@@ -381,10 +381,11 @@ def test_grad_cam_figure_of_the_highest_loss_images(tiny):
     view = transforms.eval_transform(image_size=32, mean=tf["mean"], std=tf["std"])
     dataset = data.ImageDataset(root / "clean", rows, view)
     paths = [p for p, _ in rows]
-    images, maps, titles, _, kw = top_loss_cams(model, ckpt, dataset, paths, top, list("abc"), CPU)
+    cam = top_loss_cams(model, ckpt, dataset, paths, top, list("abc"), CPU)
+    images, maps, titles = cam["images"], cam["maps"], cam["titles"]
     assert len(images) == len(maps) == len(titles) == 6
     assert all(m.shape == (32, 32) and 0 <= m.min() and m.max() <= 1 for m in maps)
     heads = [f"{t['predicted']} {t['confidence']:.2f} / {t['actual']}" for t in top]
     assert [title.split("\n")[0] for title in titles] == heads
-    assert kw["wrong"] == [t["predicted"] != t["actual"] for t in top]
-    assert kw["note"] is None
+    assert cam["wrong"] == [t["predicted"] != t["actual"] for t in top]
+    assert cam["note"] is None

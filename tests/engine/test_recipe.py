@@ -332,22 +332,10 @@ def test_the_ema_is_validated_every_epoch_and_its_weights_kept_when_better(
 def test_a_run_interrupted_with_an_ema_resumes_to_the_same_bytes(
     dataset, params_raw, tmp_path, monkeypatch
 ):
-    from transferline.engine.train import train
-
     params = make_params(params_raw, {"s": EMA}, patience=0)
-    clean, split = dataset
 
     def run(out: Path):
-        return train(
-            "s",
-            params,
-            clean_dir=clean,
-            split_dir=split,
-            model_path=out / "m.pt",
-            metrics_path=out / "m.json",
-            plots_path=out / "p.tsv",
-            resume_dir=tmp_path / "resume",
-        )
+        return run_train(params, "s", dataset, out, resume_dir=tmp_path / "resume")
 
     run(tmp_path / "ref")
     real, calls = fit._one_epoch, []

@@ -284,16 +284,16 @@ def _evaluate(
     if mistakes_path is not None:
         mistakes.write(mistakes_path, why)
     if cam_path is not None:
-        images, maps, titles, title, kw = cam
         with files.written(cam_path) as tmp:
-            png.heat_map_grid(images, maps, titles, tmp, title, **kw)
+            png.heat_map_grid(path=tmp, **cam)
     return metrics
 
 
-def top_loss_cams(model, ckpt: dict, dataset, paths, top: list[dict], classes, rt) -> tuple:
-    """heat_map_grid's arguments for the highest-loss test images: each as the network saw it
-    (the eval crop), the Grad-CAM of its predicted class, titled predicted (confidence) / true
-    over its file name; a transformer's figure shows the images and says why it has no maps."""
+def top_loss_cams(model, ckpt: dict, dataset, paths, top: list[dict], classes, rt) -> dict:
+    """heat_map_grid's keyword arguments but the path, for the highest-loss test images: each as
+    the network saw it (the eval crop), the Grad-CAM of its predicted class, titled predicted
+    (confidence) / true over its file name; a transformer's figure shows the images and says why
+    it has no maps."""
     from transferline.models.cam import grad_cam
 
     tf = ckpt["transform"]
@@ -316,7 +316,14 @@ def top_loss_cams(model, ckpt: dict, dataset, paths, top: list[dict], classes, r
             maps = [m.float().cpu().numpy() for m in heat]
         except StageError as exc:
             note = str(exc)
-    return images, maps, titles, title, {"wrong": wrong, "note": note}
+    return {
+        "images": images,
+        "maps": maps,
+        "titles": titles,
+        "suptitle": title,
+        "wrong": wrong,
+        "note": note,
+    }
 
 
 def per_class_rows(table: dict[str, dict]) -> list[dict]:

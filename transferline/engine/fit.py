@@ -265,7 +265,8 @@ class FeatureSteps:
         rt: Runtime,
         class_weight=None,
         sample_weight=None,
-        head_name: str = "classifier",
+        *,
+        head_name: str,
     ):
         self.head_name = head_name  # the head's name in the whole model (its state dict keys)
         self.head, self.train_xy, self.val_xy, self.bs, self.rt = (
@@ -363,11 +364,8 @@ class WeightAverage:
 
     def full_state(self, model: nn.Module) -> dict:
         """The whole model's state dict with the averaged module in place of the trained one."""
-        state = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        state.update(
-            {self.prefix + n: t.detach().clone() for n, t in self.module.state_dict().items()}
-        )
-        return state
+        averaged = {self.prefix + n: t for n, t in self.module.state_dict().items()}
+        return {n: averaged.get(n, t).detach().clone() for n, t in model.state_dict().items()}
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "steps": self.steps}

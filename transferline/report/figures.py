@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -64,8 +65,6 @@ def heat_map_grid(
     """Images (3, H, W) in [0, 1], each under its heat map (H, W) in [0, 1] (`jet`, half
     transparent), titled; titles of `wrong` ones in red. `maps` None: the images alone, with
     `note` (why there are no maps) under the title; no images: the note alone."""
-    from matplotlib import style
-
     with style.context("default"):  # whatever the user's matplotlibrc says
         n = max(len(images), 1)
         fig, axes = grid(n, min(n, cols), 2.2)
