@@ -54,16 +54,19 @@ def _dvc_site_cache(tmp_path_factory, monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
-    """The tests of the built pipeline first, then the other slow ones: under pytest-xdist one
-    worker starts the build while the other takes the far end of the list (worksteal splits it
-    in halves), the long tests start early and the short ones fill the gaps."""
-
-    def order(item) -> int:
+    """Under pytest-xdist (worksteal) the list is split in halves, one per worker, each worker
+    taking its half from the front and an idle worker stealing from the back of the other's.
+    The tests of the built pipeline are the longest, so every other one goes to the front of
+    the list (the first worker builds the pipeline and runs them) and the rest to the very end
+    (the second worker reaches them after its share of the quick tests, by when the build is
+    done); the other slow tests follow the first group, the quick ones fill the middle."""
+    built, slow, quick = [], [], []
+    for item in items:
         if "built_pipeline" in getattr(item, "fixturenames", ()):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
-
-    items.sort(key=order)
+            built.append(item)
+        else:
+            (slow if item.get_closest_marker("slow") else quick).append(item)
+    items[:] = built[0::2] + slow + quick + built[1::2]
 
 
 @pytest.fixture(scope="session")

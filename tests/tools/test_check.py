@@ -153,7 +153,7 @@ def test_scores_move_by_the_stated_number_of_images():
     )
     assert tolerance_for("metrics/best.json:test.accuracy", check, counts) == round(k / 72, 6)
     # not counted on images: their own absolute tolerances, or not compared
-    assert tolerance_for("metrics/eval/finetune.json:log_loss", check, counts) == 0.1
+    assert tolerance_for("metrics/eval/finetune.json:log_loss", check, counts) == 0.15
     assert tolerance_for("metrics/split.json:test.total", check, counts) == 0
     assert tolerance_for("metrics/train/finetune.json:trainable_params", check, counts) == 0
     assert tolerance_for("metrics/train/finetune.json:best_epoch", check, counts) is None
