@@ -229,7 +229,9 @@ def tiny(tmp_path, params_raw):
     return tmp_path, rows, params
 
 
-def run_evaluate(root: Path, params, tag="out", model="m.pt", split="split"):
+def run_evaluate(root: Path, params, tag="out", model="m.pt", split="split", every_output=False):
+    """The stage's function on root's files; `every_output` adds the mistakes file and the
+    Grad-CAM figure to the metrics, confusion and per-class files."""
     return evaluate(
         model_path=root / model,
         clean_dir=root / "clean",
@@ -237,6 +239,8 @@ def run_evaluate(root: Path, params, tag="out", model="m.pt", split="split"):
         metrics_path=root / tag / "metrics.json",
         confusion_path=root / tag / "confusion.json",
         per_class_path=root / tag / "per_class.json",
+        mistakes_path=root / tag / "mistakes.json" if every_output else None,
+        cam_path=root / tag / "cam.png" if every_output else None,
         settings=params.evaluate.model_copy(update={"batch_size": 5}),
         seed=params.seed,
         threads=1,
@@ -261,10 +265,16 @@ def test_evaluate_end_to_end_writes_contract_files(tiny):
     assert {r["predicted"] for r in records} <= {"a", "b", "c"}
     acc = np.mean([r["actual"] == r["predicted"] for r in records])
     assert on_disk["accuracy"] == pytest.approx(acc, abs=1e-6)
-    # deterministic: a second run writes the same bytes
-    run_evaluate(root, params, tag="again")
-    for name in ("metrics.json", "confusion.json", "per_class.json"):
-        assert (root / "out" / name).read_bytes() == (root / "again" / name).read_bytes()
+    # deterministic: two runs write the same bytes, in every file the stage writes
+    for tag in ("every", "again"):
+        run_evaluate(root, params, tag=tag, every_output=True)
+    names = sorted(p.name for p in (root / "every").iterdir())
+    assert names == ["cam.png", "confusion.json", "metrics.json", "mistakes.json", "per_class.json"]
+    for name in names:
+        assert (root / "every" / name).read_bytes() == (root / "again" / name).read_bytes()
+    assert (root / "every" / "metrics.json").read_bytes() == (
+        root / "out" / "metrics.json"
+    ).read_bytes()
 
 
 def test_class_mismatch_with_split_says_retrain(tiny):
