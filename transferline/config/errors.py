@@ -40,6 +40,11 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says which key and why."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its type when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def disk_error(exc: BaseException, folder: Path | str | None = None) -> StageError | None:
     """A StageError for a full, read-only or forbidden file system, naming `folder` (the output
     being written) or else the path that failed; None for any other error."""

@@ -27,7 +27,7 @@ from transferline.data import datasets as data
 from transferline.engine import distributed
 from transferline.engine.fit import make_optimizer
 from transferline.engine.runtime import from_params, torch_state
-from transferline.engine.train import _check_rows, _datasets, _loaders
+from transferline.engine.train import check_rows, image_datasets, loaders
 from transferline.outputs import atomic as files
 from transferline.report import figures as png
 
@@ -68,10 +68,10 @@ def lr_find(
     phase = strategy.resolved_phases()[0]
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
-    _check_rows(rows, classes, split_dir)
+    check_rows(rows, classes, split_dir)
     rt = from_params(params.runtime)
     cached = strategy.model_copy(update={"cache_features": False})  # images, not features
-    loader, _ = _loaders(params, _datasets(params, cached, rows, clean_dir), rt, cache=False)
+    loader, _ = loaders(params, image_datasets(params, cached, rows, clean_dir), rt, cache=False)
     threads = distributed.threads_per_process(params.threads)
     lrs, losses = [], []
     with torch_state(rt, seed=params.seed, threads=threads):

@@ -68,7 +68,9 @@ ENGINE_MODULES = (
 # ---- inputs and outputs ---------------------------------------------------------------------
 
 
-def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
+def check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
+    """Each split's rows (path, label) before any work: none empty, every label a class of
+    classes.json; else a StageError naming the split's file."""
     for split, items in rows.items():
         if not items:
             raise StageError(
@@ -83,7 +85,7 @@ def _check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
             )
 
 
-def _datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.ImageDataset]:
+def image_datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.ImageDataset]:
     """train/val datasets, images decoded once and shared by every seed's run."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
@@ -116,7 +118,7 @@ def _balance(params: Params, dataset, num_classes: int) -> dict:
     return {"sample_weight": weights.double()[labels]}
 
 
-def _loaders(params: Params, datasets, rt: Runtime, cache: bool, sample_weight=None):
+def loaders(params: Params, datasets, rt: Runtime, cache: bool, sample_weight=None):
     """Loaders over the datasets (this process's share of them), their order and augmentation
     drawn from params.seed; train.batch_size is the global batch, split over the processes."""
     tp, w = params.train, distributed.world()
@@ -153,7 +155,7 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: 
     cache = strategy.cache_features
     # the loader draws the weighted order of images; cached features draw their own
     sampled = balance.get("sample_weight") if not cache else None
-    train_loader, val_loader = _loaders(params, datasets, rt, cache, sampled)
+    train_loader, val_loader = loaders(params, datasets, rt, cache, sampled)
     if not cache:
         mix = batch_mix(params.train.augment, num_classes, params.seed)
         return loop.ImageSteps(
@@ -265,10 +267,10 @@ def train(
     phases = strategy.resolved_phases()
     classes = data.read_classes(split_dir)
     rows = {s: data.read_rows(split_dir, s) for s in ("train", "val")}
-    _check_rows(rows, classes, split_dir)
+    check_rows(rows, classes, split_dir)
     rt = from_params(params.runtime)
     start = time.perf_counter()
-    datasets = _datasets(params, strategy, rows, clean_dir)
+    datasets = image_datasets(params, strategy, rows, clean_dir)
     resumes = _resumes(resume_dir, params, strategy_name, classes, rows, clean_dir)
     with distributed.process_group(rt.device) as world:
         runs = []

@@ -22,10 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transferline import models
-from transferline.config.errors import StageError
+from transferline.config.errors import StageError, first_line
 from transferline.config.params import Clean
 from transferline.data import transforms
-from transferline.models.checkpoints import first_line
 
 IMAGENET_SIZE = 224  # px: the resolution every packaged ImageNet backbone was trained at
 SIDECAR_VERSION = 1

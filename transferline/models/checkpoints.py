@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferline.config.errors import StageError, disk_error
+from transferline.config.errors import StageError, disk_error, first_line
 from transferline.models.registry import build
 from transferline.outputs import atomic as files
 
@@ -51,11 +51,6 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
         for k, v in state.items()
     }
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message as one line (its type when it has none)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_torch_file(path: Path, what: str, map_location: Any = "cpu") -> Any:

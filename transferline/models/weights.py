@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferline.config.errors import StageError
-from transferline.models.checkpoints import first_line, load_state, read_torch_file
+from transferline.config.errors import StageError, first_line
+from transferline.models.checkpoints import load_state, read_torch_file
 from transferline.models.heads import head_name
 
 WHAT = "weights file"
