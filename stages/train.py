@@ -24,7 +24,6 @@ import sys
 from transferline.config.errors import run_main
 from transferline.config.params import add_option, load
 from transferline.engine import distributed
-from transferline.engine.train import train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
             params.train.nproc, "stages.train", sys.argv[1:] if argv is None else list(argv)
         )
         return
+    # the library's training (torchvision, timm, OpenCV) loads here: torchrun's launcher
+    # process above needs torch alone
+    from transferline.engine.train import train
+
     train(
         args.strategy,
         params,

@@ -13,11 +13,11 @@ import sys
 import pytest
 import yaml
 
-from helpers import DVC, ROOT, copy_of, run
+from helpers import DVC, ROOT, TINY_STRATEGIES, copy_of, run
 
 pytestmark = pytest.mark.slow
 
-STRATEGIES = ["scratch", "finetune", "feature_extractor", "partial"]
+STRATEGIES = list(TINY_STRATEGIES)
 
 
 def git(repo, *args):
@@ -140,7 +140,7 @@ def test_a_new_strategy_is_trained_and_overlaid_with_no_edit_in_dvc_yaml(project
     edit_params(repo, add)
     ran = dvc(repo, "repro", "curves").stdout
     assert "Running stage 'train@extra'" in ran and "Running stage 'curves'" in ran
-    assert "Running stage 'train@scratch'" not in ran
+    assert "Running stage 'train@finetune'" not in ran
     assert git(repo, "status", "--porcelain", "dvc.yaml") == ""
     shown = json.loads(dvc(repo, "plots", "show", "--json", "val_acc").stdout)
     (plot,) = shown["data"]["val_acc"]
@@ -157,7 +157,7 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
         repo, "exp", "run", "-n", "lr-0.05", "-S", "strategies.finetune.lr=0.05", "select"
     ).stdout
     assert "Running stage 'train@finetune'" in ran
-    assert "Running stage 'train@scratch'" not in ran  # only what the change touches
+    assert "Running stage 'train@feature_extractor'" not in ran  # only what the change touches
     shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
     (row,) = [line for line in shown.splitlines() if "lr-0.05" in line]
     assert "0.05" in row
@@ -174,7 +174,7 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
         accuracy = diff[f"metrics/eval/{name}.json"]["accuracy"]
         assert accuracy["old"] is not None and accuracy["new"] is not None
     assert any(v["old"] != v["new"] for v in diff["metrics/train/finetune.json"].values())
-    assert all(v["old"] == v["new"] for v in diff["metrics/train/scratch.json"].values())
+    assert all(v["old"] == v["new"] for v in diff["metrics/train/feature_extractor.json"].values())
     markdown = dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--md").stdout
     assert all(f"metrics/eval/{name}.json" in markdown for name in STRATEGIES)
 
@@ -295,7 +295,7 @@ BAD_PARAMS = {  # edit -> the key path the error must name
 
 # Two cases go through `dvc repro` (what DVC does around a failed validate is the same for any
 # bad value); every case goes through the validate stage's own command, which names the key.
-UNDER_DVC = ("unknown top-level key", "missing predict.images", "ftp url")
+UNDER_DVC = ("unknown top-level key", "missing predict.images")
 
 
 def test_bad_params_stop_repro_before_any_output_is_touched(project, tmp_path):

@@ -26,6 +26,12 @@ def queue_rows(repo) -> dict[str, str]:
     }
 
 
+def ended(repo, names) -> bool:
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    failed = "refs/exps/celery/failed" in refs
+    return failed or all(any(ref.endswith(f"/{name}") for ref in refs) for name in names)
+
+
 def test_queued_experiments_run_two_at_a_time_with_their_own_threads(built_pipeline, tmp_path):
     repo = copy_of(built_pipeline, tmp_path / "repo")
     for name, lr in (("q1", "0.002"), ("q2", "0.004")):
@@ -46,10 +52,15 @@ def test_queued_experiments_run_two_at_a_time_with_their_own_threads(built_pipel
             repo,
         )
     run(DVC + ["queue", "start", "--jobs", "2"], repo)
+    # wait for the event, cheaply: each experiment's git ref (or the queue's stash of failed
+    # ones) appears when it ends; `dvc queue status` (a DVC process) only confirms it
     deadline = time.monotonic() + 600
+    while not ended(repo, ("q1", "q2")):
+        assert time.monotonic() < deadline, queue_rows(repo)
+        time.sleep(0.2)
     while set((rows := queue_rows(repo)).values()) - {"Success", "Failed"}:
         assert time.monotonic() < deadline, rows
-        time.sleep(2)
+        time.sleep(0.2)
     assert rows == {"q1": "Success", "q2": "Success"}, run(
         DVC + ["queue", "logs", "q1"], repo, check=False
     ).stdout

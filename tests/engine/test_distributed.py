@@ -21,6 +21,8 @@ from transferline.data import datasets as data
 
 from helpers import ROOT, make_image_folder, run_train
 
+HERE = Path(__file__).resolve().parent  # ddp_ranks.py, what torchrun's ranks run
+
 CLASSES = ("a", "b", "c")
 
 
@@ -153,26 +155,34 @@ def curves(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(STRATEGIES))
-def test_two_processes_match_one(params_raw, dataset, tmp_path, name):
-    # one process: the stage's own function, here (the command adds nothing for nproc 1);
-    # two: the command, which starts torchrun's launcher
-    run_train(load(params_file(params_raw, tmp_path, 1)), name, dataset, tmp_path / "n1")
+def test_two_processes_match_one(params_raw, dataset, tmp_path):
+    """Each strategy trained by one process (the stage's own function, here) and by two (the
+    train stage's `main` in each of torchrun's ranks, started by the launcher the stage uses:
+    one launch for the three runs, tests/engine/ddp_ranks.py)."""
+    clean, split = dataset
+    launch = (
+        "import sys; from transferline.engine import distributed; "
+        "distributed.launch(2, 'ddp_ranks', sys.argv[1:])"
+    )
+    two = [str(params_file(params_raw, tmp_path, 2)), str(clean), str(split), str(tmp_path / "n2")]
     proc = subprocess.run(
-        train_cmd(name, params_file(params_raw, tmp_path, 2), dataset, tmp_path / "n2"),
+        [sys.executable, "-c", launch, *two, *STRATEGIES],
         cwd=ROOT,
         capture_output=True,
         text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])},
     )
     assert proc.returncode == 0, proc.stderr
-    runs = {nproc: curves(tmp_path / f"n{nproc}") for nproc in (1, 2)}
-    tolerance = STRATEGIES[name][1]
-    assert len(runs[1]) == len(runs[2]) == 3
-    for one, two in zip(runs[1], runs[2]):
-        for key in ("train_loss", "val_loss", "val_acc", "train_acc"):
-            assert abs(one[key] - two[key]) <= tolerance, (key, one, two)
-    if name == "all":  # the tolerance is not vacuous: the curves do move
-        assert any(one["train_loss"] != two["train_loss"] for one, two in zip(*runs.values()))
+    one = load(params_file(params_raw, tmp_path, 1))
+    for name, (_, tolerance) in STRATEGIES.items():
+        run_train(one, name, dataset, tmp_path / "n1" / name)
+        runs = {n: curves(tmp_path / f"n{n}" / name) for n in (1, 2)}
+        assert len(runs[1]) == len(runs[2]) == 3, name
+        for a, b in zip(runs[1], runs[2]):
+            for key in ("train_loss", "val_loss", "val_acc", "train_acc"):
+                assert abs(a[key] - b[key]) <= tolerance, (name, key, a, b)
+        if name == "all":  # the tolerance is not vacuous: the curves do move
+            assert any(a["train_loss"] != b["train_loss"] for a, b in zip(*runs.values()))
 
 
 def rank_pid(parent: int, rank: int) -> int | None:

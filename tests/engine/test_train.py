@@ -173,6 +173,32 @@ def test_same_seed_gives_byte_identical_outputs_for_any_worker_count(dataset, pa
     assert (tmp_path / "seed1" / "m.pt").read_bytes() != (outs[0] / "m.pt").read_bytes()
 
 
+def shipped_strategies(params_raw: dict) -> dict:
+    """params.yaml's strategies as shipped, each phase cut to one epoch."""
+    strategies = {}
+    for name, strategy in params_raw["strategies"].items():
+        phases = [{**phase, "epochs": 1} for phase in strategy.get("phases", [])]
+        strategies[name] = {**strategy, "epochs": 1, **({"phases": phases} if phases else {})}
+    return strategies
+
+
+@pytest.mark.parametrize("name", ["scratch", "finetune", "feature_extractor", "partial"])
+def test_every_shipped_strategy_trains_and_a_second_run_writes_the_same_bytes(
+    name, dataset, params_raw, tmp_path
+):
+    """The tiny DVC pipeline (tests/test_pipeline.py) runs two of the shipped strategies as stage
+    processes, and re-runs them to the same bytes; here every one of them, shrunk, in-process."""
+    strategies = shipped_strategies(params_raw)
+    assert set(strategies) >= {"scratch", "finetune", "feature_extractor", "partial"}
+    params = make_params(params_raw, {name: strategies[name]})
+    outs = [tmp_path / "run1", tmp_path / "run2"]
+    for out in outs:
+        metrics = run_train(params, name, dataset, out)
+    assert metrics["epochs"] == 1 + len(strategies[name].get("phases", []))
+    for file in ("m.pt", "m.json", "p.tsv"):
+        assert (outs[0] / file).read_bytes() == (outs[1] / file).read_bytes(), file
+
+
 def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_raw, tmp_path):
     params = make_params(
         params_raw,

@@ -11,13 +11,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from transferline.config.errors import StageError
 from transferline.config.params import validate
 from transferline.outputs import mistakes
 from transferline.report.document import confusion_matrix, gallery_records, report
 
-from helpers import make_image_folder
+from helpers import ROOT, make_image_folder
 
 CLASSES = ["a", "b", "c"]
 # Deliberately not alphabetical: the table must follow params.yaml's order.
@@ -132,18 +133,33 @@ def write_outputs(root: Path, name: str, test_rows: list[tuple[str, int]], wrong
     (root / "plots/mistakes" / f"{name}.json").write_text(json.dumps(why))
 
 
-@pytest.fixture
-def inputs(tmp_path, params_raw):
+def make_inputs(root: Path, params_raw: dict):
     clean = make_image_folder(
-        tmp_path / "clean" / "images", classes=CLASSES, per_class=6, size=40
+        root / "clean" / "images", classes=CLASSES, per_class=6, size=40
     ).parent
-    splits = write_split(tmp_path / "split", clean)
+    splits = write_split(root / "split", clean)
     for name, wrong in (("zeta", 4), ("alpha", 2)):
-        write_outputs(tmp_path, name, splits["test"], wrong)
+        write_outputs(root, name, splits["test"], wrong)
     params_raw["strategies"] = STRATEGIES
     params_raw["train"]["image_size"] = 32
     params_raw["report"] = {"gallery": 5, "augment_samples": 6}
-    return tmp_path, validate(params_raw)
+    return root, validate(params_raw)
+
+
+@pytest.fixture
+def inputs(tmp_path, params_raw):
+    """The inputs of one report, for a test that changes them or runs the report itself."""
+    return make_inputs(tmp_path, params_raw)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """One report over the inputs as made (alpha chosen), for the tests that only read it:
+    (root, params, what report() returned, report.md's text)."""
+    params_raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    root, params = make_inputs(tmp_path_factory.mktemp("report"), params_raw)
+    result = run_report(root, params)
+    return root, params, result, (root / "reports" / "report.md").read_text()
 
 
 PREDICTIONS = (
@@ -200,10 +216,8 @@ def table_rows(text: str, first_header: str) -> list[list[str]]:
     return rows
 
 
-def test_table_has_one_row_per_strategy_in_params_order(inputs):
-    root, params = inputs
-    result = run_report(root, params)
-    text = (root / "reports" / "report.md").read_text()
+def test_table_has_one_row_per_strategy_in_params_order(written):
+    _, _, result, text = written
     rows = table_rows(text, "strategy")
     assert rows == [
         ["zeta", "cnn1", "none", "1,234", "2", "0.5000", "0.5556", "0.6111", "0.5000", "0.5432"],
@@ -224,10 +238,8 @@ def test_table_has_one_row_per_strategy_in_params_order(inputs):
     assert "**Best strategy: alpha**" in text
 
 
-def test_header_names_dataset_classes_and_split_counts(inputs):
-    root, params = inputs
-    run_report(root, params)
-    text = (root / "reports" / "report.md").read_text()
+def test_header_names_dataset_classes_and_split_counts(written):
+    _, params, _, text = written
     assert text.startswith(f"# transferline report: {params.dataset}\n")
     assert "3 classes: a, b, c (split counts at the end)." in text
     rows = table_rows(text.split("## Split counts")[1], "class")
@@ -235,9 +247,8 @@ def test_header_names_dataset_classes_and_split_counts(inputs):
     assert rows[3] == ["**total**", "6", "3", "9", "18"]
 
 
-def test_links_resolve_to_pngs_that_decode(inputs):
-    root, params = inputs
-    run_report(root, params)
+def test_links_resolve_to_pngs_that_decode(written):
+    root, _, _, _ = written
     out = root / "reports"
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (out / "report.md").read_text())
     # curves per strategy, confusion, gallery, augment, and predict's gallery beside the report
@@ -322,19 +333,15 @@ def test_choice_naming_an_unknown_strategy_is_an_error(inputs):
         run_report(root, params)
 
 
-def test_predictions_listed_with_failures_and_gallery_linked(inputs):
-    root, params = inputs
-    run_report(root, params)
-    text = (root / "reports/report.md").read_text()
+def test_predictions_listed_with_failures_and_gallery_linked(written):
+    _, _, _, text = written
     assert "1 images classified by the best strategy" in text
     assert "- `demo/broken.jpg`: truncated: JPEG data ends" in text
     assert "![predictions](../predictions.png)" in text
 
 
-def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(inputs):
-    root, params = inputs
-    run_report(root, params)
-    lines = (root / "reports" / "report.md").read_text().splitlines()
+def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(written):
+    lines = written[3].splitlines()
     start = lines.index("| class | accuracy | precision | recall | F1 | support |")
     rows = [
         [c.strip() for c in line.strip("|").split("|")][2:] for line in lines[start + 2 : start + 5]
@@ -345,10 +352,8 @@ def test_per_class_table_is_read_from_the_per_class_plot_of_the_best(inputs):
     ]
 
 
-def test_the_report_leads_with_the_comparison_and_shows_why_the_model_is_wrong(inputs):
-    root, params = inputs
-    run_report(root, params)  # alpha is chosen; 2 of its test images are wrong
-    text = (root / "reports" / "report.md").read_text()
+def test_the_report_leads_with_the_comparison_and_shows_why_the_model_is_wrong(written):
+    root, _, _, text = written  # alpha is chosen; 2 of its test images are wrong
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads[:2] == ["## Strategies", "## Why alpha is wrong"]
     assert heads[-2:] == ["## Per class (alpha, test split, single crop)", "## Split counts"]

@@ -13,11 +13,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from transferline.config.params import add_option, load
-from transferline.models import bundle as bundles
-from transferline.models.export import ONNX_FILE, TORCHSCRIPT_FILE, export
+from transferline.engine.select import best_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -38,7 +35,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_option(ap)
     args = ap.parse_args(argv)
     params = load(args.params)
-    path = args.model or bundles.best_checkpoint(args.best, args.models)
+    path = args.model or best_checkpoint(args.best, args.models)
+    # torch and the exporters load once the inputs are known (a missing choice fails at once)
+    import torch
+
+    from transferline.models.export import ONNX_FILE, TORCHSCRIPT_FILE, export
+
     torch.set_num_threads(params.threads)
     diffs = export(model_path=path, strategy=path.stem, out=args.out, settings=params.export)
     worst = ", ".join(f"{name} {d:.1e}" for name, d in diffs.items())

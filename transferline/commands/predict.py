@@ -24,17 +24,9 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from transferline.engine.select import best_checkpoint
 
-from transferline.engine import runtime
-from transferline.engine.predict import (
-    DEFAULT_TOP_K,
-    cam_gallery,
-    choose_model,
-    collect,
-    predict,
-    write_results,
-)
+DEFAULT_TOP_K = 3  # classes per image (there is no params.yaml to ask)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -96,6 +88,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     top_k = args.top_k or (5 if args.imagenet else DEFAULT_TOP_K)
+    if args.model is None and not args.imagenet:
+        # read before torch loads (seconds): a missing choice is named at once
+        args.model = best_checkpoint(args.best, args.models)
+    import torch
+
+    from transferline.engine import runtime
+    from transferline.engine.predict import (
+        cam_gallery,
+        choose_model,
+        collect,
+        predict,
+        write_results,
+    )
+
     rt = runtime.resolve(device=args.device)
     threads = torch.get_num_threads()
     with runtime.torch_state(rt, seed=0, threads=threads):

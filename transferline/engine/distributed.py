@@ -72,9 +72,11 @@ def launch(nproc: int, module: str, argv: Sequence[str]) -> None:
 
 @contextlib.contextmanager
 def process_group(device: torch.device) -> Iterator[World]:
-    """Join the other processes (NCCL between GPUs, gloo on CPU) for the block's duration."""
+    """Join the other processes (NCCL between GPUs, gloo on CPU) for the block's duration;
+    a group the caller has joined already is used as it is."""
     w = world()
-    if w.size == 1:
+    if w.size == 1 or dist.is_initialized():
+        # one process, or a caller that joined the group itself (and leaves it when done)
         yield w
         return
     if device.type == "cuda":

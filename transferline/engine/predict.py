@@ -29,12 +29,12 @@ from transferline.data import demo, images, transforms
 from transferline.data.folders import copy_folder
 from transferline.engine import runtime
 from transferline.engine.inference import predict_probs
+from transferline.engine.select import best_checkpoint
 from transferline.models import bundle as bundles
 from transferline.outputs import atomic as files
 from transferline.report import figures as png
 
 BATCH = 32  # images per forward pass
-DEFAULT_TOP_K = 3  # without params.yaml
 GALLERY_COLS = 4
 CSV_COLUMNS = ("file", "class", "probability", "top_k", "error")
 
@@ -260,12 +260,12 @@ def choose_model(
     `models`; with `imagenet`, that model's (or `arch`'s) pretrained backbone with its own
     ImageNet head."""
     if not imagenet:
-        return bundles.load(model or bundles.best_checkpoint(best, models), threads)
+        return bundles.load(model or best_checkpoint(best, models), threads)
     trained = None  # whose arch and clean settings to use, when there is one
     if model:
         trained = bundles.load(model, threads)
     elif arch is None and best.is_file():
-        path = bundles.best_checkpoint(best, models)
+        path = best_checkpoint(best, models)
         trained = bundles.load(path, threads) if path.is_file() else None
     arch = arch or (trained.meta.get("arch") if trained else None) or "efficientnet_lite0"
     return bundles.imagenet(arch, trained.clean if trained else None)

@@ -19,6 +19,7 @@ optimistic: the test split would have been used to choose. predict and export us
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,3 +80,19 @@ def select(
     }
     write_json(Path(out), result)
     return result
+
+
+def best_checkpoint(best_json: str | Path, models_dir: str | Path) -> Path:
+    """models/<strategy>.pt for the strategy metrics/best.json names (no torch: predict and
+    export resolve it before they load a model, so a missing choice is named at once)."""
+    path = Path(best_json)
+    try:
+        name = json.loads(path.read_text(encoding="utf-8"))["strategy"]
+    except FileNotFoundError:
+        raise StageError(
+            f"{path}: not found; run `dvc repro select` to choose the best "
+            "strategy, or give --model models/<strategy>.pt"
+        ) from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise StageError(f"{path}: no strategy in it ({exc}); re-run `dvc repro select`") from None
+    return Path(models_dir) / f"{name}.pt"

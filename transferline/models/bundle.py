@@ -6,7 +6,6 @@ TorchScript file) with its sidecar JSON beside it (`<file>.json`, written by exp
 the normalisation and the clean settings (`clean.max_short_side`, ...) that say how a photo is
 prepared (transferline/data/images.py). `imagenet(arch)` is the pretrained backbone with its
 original 1000-class head and the ImageNet class names torchvision ships (nothing is downloaded).
-`best_checkpoint` reads metrics/best.json (written by select) to find the chosen model.
 """
 
 from __future__ import annotations
@@ -51,24 +50,6 @@ class Bundle:
         if tta:
             return transforms.tta_transform(**norm, flip=False)
         return transforms.eval_transform(**norm)
-
-
-# ---- the chosen model -----------------------------------------------------------------------
-
-
-def best_checkpoint(best_json: str | Path, models_dir: str | Path) -> Path:
-    """models/<strategy>.pt for the strategy metrics/best.json names."""
-    path = Path(best_json)
-    try:
-        name = json.loads(path.read_text(encoding="utf-8"))["strategy"]
-    except FileNotFoundError:
-        raise StageError(
-            f"{path}: not found; run `dvc repro select` to choose the best "
-            "strategy, or give --model models/<strategy>.pt"
-        ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise StageError(f"{path}: no strategy in it ({exc}); re-run `dvc repro select`") from None
-    return Path(models_dir) / f"{name}.pt"
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
