@@ -26,8 +26,7 @@ from typing import Sequence
 
 from transferline.config.errors import run_main
 from transferline.config.params import add_option, load
-from transferline.engine import runtime
-from transferline.engine.evaluate import evaluate
+from transferline.outputs.atomic import require_file
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
     params.strategy(args.strategy)  # an unknown strategy name stops here, naming the choices
+    require_file(args.model, f"train@{args.strategy}")  # at once, before torch loads (seconds)
+    from transferline.engine import runtime
+    from transferline.engine.evaluate import evaluate
+
     metrics = evaluate(
         model_path=args.model,
         clean_dir=args.clean,

@@ -154,10 +154,10 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     repo = copy_of(project, tmp_path / "repo")
     # up to select, what the comparison reads (predict, export and report would add a minute)
     ran = dvc(
-        repo, "exp", "run", "-n", "lr-0.05", "-S", "strategies.finetune.lr=0.05", "select"
+        repo, "exp", "run", "-n", "lr-0.05", "-S", "strategies.feature_extractor.lr=0.05", "select"
     ).stdout
-    assert "Running stage 'train@finetune'" in ran
-    assert "Running stage 'train@feature_extractor'" not in ran  # only what the change touches
+    assert "Running stage 'train@feature_extractor'" in ran
+    assert "Running stage 'train@finetune'" not in ran  # only what the change touches
     shown = dvc(repo, "exp", "show", "--md", "--no-pager").stdout
     (row,) = [line for line in shown.splitlines() if "lr-0.05" in line]
     assert "0.05" in row
@@ -173,8 +173,8 @@ def test_exp_run_then_a_branch_compared_with_metrics_and_plots_diff(project, tmp
     for name in STRATEGIES:
         accuracy = diff[f"metrics/eval/{name}.json"]["accuracy"]
         assert accuracy["old"] is not None and accuracy["new"] is not None
-    assert any(v["old"] != v["new"] for v in diff["metrics/train/finetune.json"].values())
-    assert all(v["old"] == v["new"] for v in diff["metrics/train/feature_extractor.json"].values())
+    assert any(v["old"] != v["new"] for v in diff["metrics/train/feature_extractor.json"].values())
+    assert all(v["old"] == v["new"] for v in diff["metrics/train/finetune.json"].values())
     markdown = dvc(repo, "metrics", "diff", "main", "lr-change", "--all", "--md").stdout
     assert all(f"metrics/eval/{name}.json" in markdown for name in STRATEGIES)
 

@@ -287,7 +287,7 @@ def test_class_mismatch_with_split_says_retrain(tiny):
 
 def test_missing_model_is_named(tmp_path, params_raw):
     params = validate(params_raw)
-    with pytest.raises(StageError, match=r"nothere\.pt: model file not found.*train@nothere"):
+    with pytest.raises(StageError, match=r"nothere\.pt: not found; run `dvc repro train@nothere`"):
         run_evaluate(tmp_path, params, model="nothere.pt")
 
 
@@ -320,7 +320,7 @@ def test_cli_missing_model_exits_2_with_message(tmp_path, params_raw):
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 2, proc.stderr
-    assert "models/scratch.pt: model file not found" in proc.stderr
+    assert "models/scratch.pt: not found; run `dvc repro train@scratch`" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

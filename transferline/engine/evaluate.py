@@ -139,11 +139,7 @@ def _rounded(obj: Any) -> Any:
 def _load_model(model_path: Path, split_dir: Path, rt: runtime.Runtime):
     """Checkpoint -> (model on device, checkpoint, class names), refusing a stale model whose
     classes are not data/split's."""
-    if not model_path.is_file():
-        raise StageError(
-            f"{model_path}: model file not found; train it first "
-            f"(dvc repro train@{model_path.stem})"
-        )
+    files.require_file(model_path, f"train@{model_path.stem}")
     classes = list(data.read_classes(split_dir))
     model, ckpt = models.load_checkpoint(model_path, map_location="cpu")
     if list(ckpt["classes"]) != classes:

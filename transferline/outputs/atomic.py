@@ -184,11 +184,17 @@ def json_text(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def read_json(path: Path, stage: str) -> Any:
-    """Another stage's JSON output; missing or broken, a StageError saying which stage makes it."""
+def require_file(path: Path, stage: str) -> Path:
+    """`path`, a file another stage writes; missing, a StageError saying which stage makes it."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    return path
+
+
+def read_json(path: Path, stage: str) -> Any:
+    """Another stage's JSON output; missing or broken, a StageError saying which stage makes it."""
+    path = require_file(path, stage)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
