@@ -27,10 +27,11 @@ from pathlib import Path
 from bench.machine import ROOT, SHARED, load, machine, write_block
 
 
-def sh(cmd: list[str], cwd: Path, log: Path | None = None) -> int:
+def sh(cmd: list[str], cwd: Path, log: Path) -> int:
+    """Run `cmd` in `cwd` with its output in `log`; its exit status."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     env.pop("VIRTUAL_ENV", None)
-    with open(log, "w") if log else open(os.devnull, "w") as out:
+    with open(log, "w") as out:
         return subprocess.run(
             cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
         ).returncode

@@ -36,13 +36,13 @@ def queue_rows(repo) -> dict[str, str]:
     }
 
 
-def ended(repo) -> tuple[bool, bool]:
-    """(every variant ended, one of them failed): an experiment's git ref appears when it
-    succeeds, the queue's stash of failed ones when one fails."""
+def outcome(repo) -> str | None:
+    """ "failed" once the queue stashes a failed experiment, "done" once every variant's git ref
+    exists (it appears when the experiment succeeds), else None (still running)."""
     refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
-    failed = "refs/exps/celery/failed" in refs
-    done = all(any(ref.endswith(f"/{name}") for ref in refs) for name in VARIANTS)
-    return done or failed, failed
+    if "refs/exps/celery/failed" in refs:
+        return "failed"
+    return "done" if all(any(r.endswith(f"/{n}") for r in refs) for n in VARIANTS) else None
 
 
 def test_queued_experiments_run_two_at_a_time_with_their_own_threads(built_pipeline, tmp_path):
@@ -57,10 +57,10 @@ def test_queued_experiments_run_two_at_a_time_with_their_own_threads(built_pipel
     try:
         # wait for the event, cheaply (git, not a DVC process each time)
         deadline = time.monotonic() + 600
-        while not (state := ended(repo))[0]:
+        while (state := outcome(repo)) is None:
             assert time.monotonic() < deadline, queue_rows(repo)
             time.sleep(0.2)
-        assert not state[1], (
+        assert state == "done", (
             queue_rows(repo),
             [run(DVC + ["queue", "logs", n], repo, check=False).stdout for n in VARIANTS],
         )

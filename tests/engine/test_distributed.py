@@ -159,14 +159,14 @@ def test_two_processes_match_one(params_raw, dataset, tmp_path):
     """Each strategy trained by one process (the stage's own function, here) and by two (the
     train stage's `main` in each of torchrun's ranks, started by the launcher the stage uses:
     one launch for the three runs, tests/engine/ddp_ranks.py)."""
-    clean, split = dataset
     launch = (
         "import sys; from transferline.engine import distributed; "
         "distributed.launch(2, 'ddp_ranks', sys.argv[1:])"
     )
-    two = [str(params_file(params_raw, tmp_path, 2)), str(clean), str(split), str(tmp_path / "n2")]
+    two = params_file(params_raw, tmp_path, 2)
+    stage_args = [train_cmd(name, two, dataset, tmp_path / "n2" / name)[3:] for name in STRATEGIES]
     proc = subprocess.run(
-        [sys.executable, "-c", launch, *two, *STRATEGIES],
+        [sys.executable, "-c", launch, json.dumps(stage_args)],
         cwd=ROOT,
         capture_output=True,
         text=True,
