@@ -7,10 +7,11 @@ plots/train/S.tsv (formats in docs/pipeline.md).
 
 The strategy's phases run in order with epochs numbered on from one phase to the next; each
 phase sets which parameters train and gets a fresh optimiser and schedule. The checkpoint keeps
-the weights of the best epoch by `train.select`. With `cache_features` (head-only strategies) the
-frozen backbone runs once over train and val with the eval transform and the head trains on
+the weights of the best epoch by `train.select`. With `cache_features` the frozen backbone runs
+once over train and val with the eval transform and the head-only phases train the head on
 those pooled features: no augmentation then, and no dropout in front of the head (the features
-are the head's input with the network in eval mode).
+are the head's input with the network in eval mode); phases that train the backbone train on
+images (the features are computed again for a head-only phase after one of those).
 
 Same params, same machine -> byte-identical outputs: seeded everything, deterministic kernels,
 fixed thread count, no wall-clock times in any output (they go to stderr).

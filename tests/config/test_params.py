@@ -51,9 +51,9 @@ def test_shipped_params_load_and_every_strategy_resolves():
             "pattern",
         ),
         (
-            lambda p: p["strategies"]["finetune"].update(cache_features=True),
-            "strategies.finetune",
-            "cache_features needs `trainable: head`",
+            lambda p: p["strategies"]["scratch"].update(cache_features=True),
+            "strategies.scratch",
+            "cache_features needs a phase with `trainable: head`",
         ),
         (
             lambda p: p["strategies"]["partial"]["phases"][0].update(arch="resnet18"),

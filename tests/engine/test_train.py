@@ -17,6 +17,7 @@ from transferline import models
 from transferline.config.errors import ParamsError, StageError, run_main
 from transferline.data import datasets as data
 from transferline.data.transforms import eval_transform
+from transferline.engine import fit as loop
 from transferline.engine import train as train_stage
 
 from helpers import CLASSES, make_clean_split, make_params, run_train
@@ -230,6 +231,57 @@ def test_cached_features_train_the_head_and_save_the_full_model(dataset, params_
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(x), y).item()
     assert loss == pytest.approx(metrics["best_val_loss"], abs=1e-4)
+
+
+PROBE = {
+    "arch": "efficientnet_lite0",
+    "weights": "pretrained",
+    "trainable": "head",
+    "optimizer": "adam",
+    "lr": 0.01,
+    "epochs": 2,
+    "cache_features": True,
+    "freeze_bn": True,
+}
+# LP-FT with the linear probe on cached features, then the last block trained on images
+LP_FT = {**PROBE, "phases": [{"trainable": 1, "optimizer": "sgd", "lr": 0.01, "epochs": 2}]}
+
+
+def _scores(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images")} for row in history]
+
+
+def test_a_cached_probe_phase_then_a_block_trained_on_images_resumes_to_the_same_bytes(
+    dataset, params_raw, tmp_path, monkeypatch
+):
+    params = make_params(params_raw, {"probe": PROBE, "lpft": LP_FT})
+    probe = run_train(params, "probe", dataset, tmp_path / "probe")
+    ref = run_train(params, "lpft", dataset, tmp_path / "ref")
+    # phase 1 is the probe on cached features, epoch for epoch; phase 2 trains on images
+    assert _scores(ref["history"][:2]) == _scores(probe["history"])
+    assert [row["phase"] for row in ref["history"]] == [1, 1, 2, 2]
+    assert ref["feature_seconds"] > 0
+    model, _ = models.load_checkpoint(tmp_path / "ref" / "m.pt")
+    changed = _changed(_initial("efficientnet_lite0", "pretrained"), model.state_dict())
+    assert _touching(changed, ["blocks.6"]) and not _touching(changed, ["conv_stem", "blocks.0"])
+
+    # interrupted in the cached phase, then again in the image phase: the last run resumes
+    # (features computed anew from the saved weights) and ends with the uninterrupted bytes
+    one_epoch = loop._one_epoch
+    for stop_at in (2, 4):
+
+        def interrupted(epoch, *args, **kwargs):
+            if epoch == stop_at:
+                raise KeyboardInterrupt
+            return one_epoch(epoch, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(params, "lpft", dataset, tmp_path / "run", resume_dir=tmp_path / "resume")
+    monkeypatch.setattr(loop, "_one_epoch", one_epoch)
+    got = run_train(params, "lpft", dataset, tmp_path / "run", resume_dir=tmp_path / "resume")
+    assert got["resumed_at"] == 3
+    assert outputs(tmp_path / "run") == outputs(tmp_path / "ref")
 
 
 def test_patience_ends_a_phase_and_target_acc_ends_the_run(dataset, params_raw, tmp_path):

@@ -325,10 +325,10 @@ class Strategy(Phase):
     @model_validator(mode="after")
     def _phases_consistent(self) -> "Strategy":
         phases = self.resolved_phases()  # each phase checked with the settings it inherits
-        if self.cache_features and any(p.trainable != "head" for p in phases):
+        if self.cache_features and all(p.trainable != "head" for p in phases):
             raise ValueError(
-                "cache_features needs `trainable: head` in every phase "
-                "(features of a backbone that trains change every step)"
+                "cache_features needs a phase with `trainable: head` (its head trains on "
+                "features computed once; phases that train the backbone train on images)"
             )
         return self
 

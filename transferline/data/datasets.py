@@ -10,6 +10,7 @@ epoch, and the dataset seeds the transform with it. So `train.workers` changes s
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import random
@@ -86,6 +87,12 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        """The same rows and decoded images under another transform (nothing decoded again)."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
 
     def image(self, i: int) -> torch.Tensor:
         """The decoded uint8 (3, H, W) image of row i, before any transform."""

@@ -210,7 +210,7 @@ class ImageSteps:
         self.train_fn = model
         self.class_weight, self.mix = class_weight, mix
 
-    def begin_phase(self) -> None:
+    def begin_phase(self, k: int = 1) -> None:
         """DDP keeps the set of parameters that train from its construction on, and a phase
         changes that set: wrap anew for every phase."""
         if distributed.active():
@@ -253,7 +253,8 @@ class ImageSteps:
 class FeatureSteps:
     """Only the head, on backbone features computed once (cache_features). With several
     processes the features are computed in shares and gathered, and every process then trains
-    the same head on all of them (a linear layer's step is cheaper than talking about it)."""
+    the same head on all of them (a linear layer's step is cheaper than talking about it).
+    `train_xy`/`val_xy` may come later (PhasedSteps computes them when a phase needs them)."""
 
     def __init__(
         self,
@@ -282,7 +283,7 @@ class FeatureSteps:
         # train.balance: loss -> class_weight; sampler -> sample_weight (drawn with replacement)
         self.class_weight, self.sample_weight = class_weight, sample_weight
 
-    def begin_phase(self) -> None:
+    def begin_phase(self, k: int = 1) -> None:
         pass
 
     def _batches(self, xy, order):
@@ -314,6 +315,55 @@ class FeatureSteps:
 
     def generators(self) -> list[torch.Generator]:
         return [self.generator]
+
+
+class PhasedSteps:
+    """A strategy whose head-only phases run on cached features (`cache_features`) while its
+    other phases train the backbone on images (LP-FT with the linear probe on features): each
+    phase gets the kind of step it needs. The features are computed when the first cached phase
+    begins, and again when a cached phase follows one that trained the backbone (or after a
+    resume, which starts with none). Everything else is the current kind's."""
+
+    def __init__(
+        self,
+        images: ImageSteps,
+        features: FeatureSteps,
+        cached: list[bool],
+        compute: Callable[[], tuple[tuple, tuple]],
+    ):
+        self.images, self.features, self.cached, self.compute = images, features, cached, compute
+        self.current = images
+        self.fresh = False  # whether the features are those of the backbone as it is now
+        self.feature_seconds = 0.0
+
+    def begin_phase(self, k: int = 1) -> None:
+        if not self.cached[k - 1]:
+            self.current, self.fresh = self.images, False  # this phase trains the backbone
+        else:
+            if not self.fresh:
+                start = time.perf_counter()
+                self.features.train_xy, self.features.val_xy = self.compute()
+                self.feature_seconds += time.perf_counter() - start
+                self.fresh = True
+            self.current = self.features
+        self.current.begin_phase(k)
+
+    @property
+    def scaler(self):
+        return self.current.scaler
+
+    @property
+    def trained(self) -> tuple[nn.Module, str]:
+        return self.current.trained
+
+    def train_epoch(self, optimizer, desc, phase: Phase, after_step=None):
+        return self.current.train_epoch(optimizer, desc, phase, after_step)
+
+    def val_epoch(self, desc, module: nn.Module | None = None):
+        return self.current.val_epoch(desc, module)
+
+    def generators(self) -> list[torch.Generator]:
+        return self.images.generators() + self.features.generators()
 
 
 @torch.no_grad()
@@ -493,7 +543,7 @@ def _run_phase(
     """
     optimizer = make_optimizer(model, phase, arch)
     scheduler = make_schedule(optimizer, phase)
-    steps.begin_phase()
+    steps.begin_phase(pos.phase)
     average = None
     if phase.ema_decay:
         module, prefix = steps.trained

@@ -7,10 +7,11 @@ plots/train/S.tsv (formats in docs/pipeline.md).
 
 The strategy's phases run in order with epochs numbered on from one phase to the next; each
 phase sets which parameters train and gets a fresh optimiser and schedule. The checkpoint keeps
-the weights of the best epoch by `train.select`. With `cache_features` (head-only strategies) the
-frozen backbone runs once over train and val with the eval transform and the head trains on
+the weights of the best epoch by `train.select`. With `cache_features` the frozen backbone runs
+once over train and val with the eval transform and the head-only phases train the head on
 those pooled features: no augmentation then, and no dropout in front of the head (the features
-are the head's input with the network in eval mode).
+are the head's input with the network in eval mode); phases that train the backbone train on
+images (the features are computed again for a head-only phase after one of those).
 
 Same params, same machine -> byte-identical outputs: seeded everything, deterministic kernels,
 fixed thread count, no wall-clock times in any output (they go to stderr).
@@ -85,22 +86,29 @@ def check_rows(rows: dict[str, list], classes: list[str], split_dir) -> None:
             )
 
 
+def cached_phases(strategy, phases) -> list[bool]:
+    """Which phases run on cached features: with `cache_features`, every head-only one (the
+    others train the backbone, on images)."""
+    return [strategy.cache_features and p.trainable == "head" for p in phases]
+
+
 def image_datasets(params: Params, strategy, rows, clean_dir) -> dict[str, data.ImageDataset]:
-    """train/val datasets, images decoded once and shared by every seed's run."""
+    """train/val datasets, images decoded once and shared by every seed's run; with
+    `cache_features`, also "features": the train images with the eval transform (features are
+    computed without augmentation), and "train" only where some phase trains on images."""
     tp = params.train
     mean, std = models.norm_stats(strategy.arch)
     resize = resize_size(params.image_size, models.crop_pct(strategy.arch))
     ev = eval_transform(image_size=params.image_size, mean=mean, std=std, resize_size=resize)
-    # cached features are computed once, without augmentation
-    tr = (
-        ev
-        if strategy.cache_features
-        else train_transform(image_size=params.image_size, augment=tp.augment, mean=mean, std=std)
-    )
-    return {
-        "train": data.ImageDataset(clean_dir, rows["train"], tr),
-        "val": data.ImageDataset(clean_dir, rows["val"], ev),
-    }
+    cached = cached_phases(strategy, strategy.resolved_phases())
+    plain = data.ImageDataset(clean_dir, rows["train"], ev)
+    out = {"val": data.ImageDataset(clean_dir, rows["val"], ev)}
+    if any(cached):
+        out["features"] = plain
+    if not all(cached):
+        tr = train_transform(image_size=params.image_size, augment=tp.augment, mean=mean, std=std)
+        out["train"] = plain.with_transform(tr)
+    return out
 
 
 def _balance(params: Params, dataset, num_classes: int) -> dict:
@@ -150,41 +158,54 @@ def loaders(params: Params, datasets, rt: Runtime, cache: bool, sample_weight=No
     )
 
 
-def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: int):
-    balance = _balance(params, datasets["train"], num_classes)
-    cache = strategy.cache_features
-    # the loader draws the weighted order of images; cached features draw their own
-    sampled = balance.get("sample_weight") if not cache else None
-    train_loader, val_loader = loaders(params, datasets, rt, cache, sampled)
-    if not cache:
+def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: int, phases):
+    """The steps fit() runs each phase with: ImageSteps, FeatureSteps (every phase on cached
+    features), or PhasedSteps (some of each)."""
+    cached = cached_phases(strategy, phases)
+    balance = _balance(params, datasets.get("train") or datasets["features"], num_classes)
+    images = features = None
+    if not all(cached):
+        # the loader draws the weighted order of images; cached features draw their own
+        sampled = balance.get("sample_weight")
+        train_loader, val_loader = loaders(params, datasets, rt, False, sampled)
         mix = batch_mix(params.train.augment, num_classes, params.seed)
-        return loop.ImageSteps(
+        images = loop.ImageSteps(
             model, train_loader, val_loader, rt, balance.get("class_weight"), mix
         )
-    start = time.perf_counter()
-    train_xy, val_xy = (
-        loop.cached_features(model, train_loader, rt),
-        loop.cached_features(model, val_loader, rt),
-    )
-    secs = time.perf_counter() - start
-    n = len(train_xy[1]) + len(val_xy[1])
-    _log(
-        f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
-        f"in {secs:.1f} s ({n / secs:.1f} img/s)"
-    )
+    if not any(cached):
+        return images
     name = models.head_name(model)
-    steps = loop.FeatureSteps(
+    features = loop.FeatureSteps(
         model.get_submodule(name),
-        train_xy,
-        val_xy,
+        None,
+        None,
         params.train.batch_size,
         params.seed,
         rt,
         **balance,
         head_name=name,
     )
-    steps.feature_seconds = secs
-    return steps
+
+    def compute():
+        plain = {"train": datasets["features"], "val": datasets["val"]}
+        train_loader, val_loader = loaders(params, plain, rt, True)
+        start = time.perf_counter()
+        train_xy = loop.cached_features(model, train_loader, rt)
+        val_xy = loop.cached_features(model, val_loader, rt)
+        secs = time.perf_counter() - start
+        n = len(train_xy[1]) + len(val_xy[1])
+        _log(
+            f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
+            f"in {secs:.1f} s ({n / secs:.1f} img/s)"
+        )
+        return train_xy, val_xy
+
+    if images is None:  # features once, before the first phase (as a resume expects them)
+        start = time.perf_counter()
+        features.train_xy, features.val_xy = compute()
+        features.feature_seconds = time.perf_counter() - start
+        return features
+    return loop.PhasedSteps(images, features, cached, compute)
 
 
 def _meta(
@@ -378,12 +399,13 @@ def _train_once(
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
+        n_train = len(datasets.get("train") or datasets["features"])
         _log(
             f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
-            f"{len(datasets['train'])} train / {len(datasets['val'])} val images, {rt.device}, "
+            f"{n_train} train / {len(datasets['val'])} val images, {rt.device}, "
             f"{rt.precision}, seed {params.seed}"
         )
-        steps = _steps(model, strategy, params, datasets, rt, len(classes))
+        steps = _steps(model, strategy, params, datasets, rt, len(classes), phases)
         try:
             fit = loop.fit(model, strategy.arch, phases, steps, params.train, resume=resume)
         except loop.Diverged as exc:
