@@ -90,6 +90,22 @@ STRATEGIES = {  # name -> (strategy, how close two processes must come to one)
         },
         1e-4,
     ),
+    # LP-FT: the probe on features gathered from shares, then every weight on image shares
+    # with batch norm on its running statistics (so the averaged gradient is one process's)
+    "lpft": (
+        {
+            "arch": "cnn2",
+            "weights": "none",
+            "trainable": "head",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "epochs": 2,
+            "cache_features": True,
+            "freeze_bn": True,
+            "phases": [{"trainable": "all", "lr": 0.003, "epochs": 1}],
+        },
+        1e-3,
+    ),
     # everything trains: BatchNorm normalises over each process's half batch, so results move
     # a little (measured here with global batch 16, 8 per process: training loss by up to
     # 0.13, training accuracy 0.17, val loss 0.04, val accuracy not at all; with batch 8 the
@@ -158,7 +174,7 @@ def curves(out: Path) -> list[dict]:
 def test_two_processes_match_one(params_raw, dataset, tmp_path):
     """Each strategy trained by one process (the stage's own function, here) and by two (the
     train stage's `main` in each of torchrun's ranks, started by the launcher the stage uses:
-    one launch for the three runs, tests/engine/ddp_ranks.py)."""
+    one launch for the four runs, tests/engine/ddp_ranks.py)."""
     launch = (
         "import sys; from transferline.engine import distributed; "
         "distributed.launch(2, 'ddp_ranks', sys.argv[1:])"
