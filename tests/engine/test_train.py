@@ -270,8 +270,8 @@ def test_a_cached_probe_phase_then_a_block_trained_on_images_resumes_to_the_same
     one_epoch = loop._one_epoch
     for stop_at in (2, 4):
 
-        def interrupted(epoch, *args, **kwargs):
-            if epoch == stop_at:
+        def interrupted(epoch, *args, _stop=stop_at, **kwargs):
+            if epoch == _stop:
                 raise KeyboardInterrupt
             return one_epoch(epoch, *args, **kwargs)
 
