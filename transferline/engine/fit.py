@@ -210,7 +210,7 @@ class ImageSteps:
         self.train_fn = model
         self.class_weight, self.mix = class_weight, mix
 
-    def begin_phase(self, k: int = 1) -> None:
+    def begin_phase(self, k: int) -> None:
         """DDP keeps the set of parameters that train from its construction on, and a phase
         changes that set: wrap anew for every phase."""
         if distributed.active():
@@ -254,13 +254,13 @@ class FeatureSteps:
     """Only the head, on backbone features computed once (cache_features). With several
     processes the features are computed in shares and gathered, and every process then trains
     the same head on all of them (a linear layer's step is cheaper than talking about it).
-    `train_xy`/`val_xy` may come later (PhasedSteps computes them when a phase needs them)."""
+    `compute` returns ((train x, y), (val x, y)); `refresh()` runs it (before the first
+    cached phase, and again wherever PhasedSteps needs features of a backbone that changed)."""
 
     def __init__(
         self,
         head,
-        train_xy,
-        val_xy,
+        compute: Callable[[], tuple[tuple, tuple]],
         batch_size,
         seed,
         rt: Runtime,
@@ -270,20 +270,26 @@ class FeatureSteps:
         head_name: str,
     ):
         self.head_name = head_name  # the head's name in the whole model (its state dict keys)
-        self.head, self.train_xy, self.val_xy, self.bs, self.rt = (
-            head,
-            train_xy,
-            val_xy,
-            batch_size,
-            rt,
-        )
+        self.head, self.compute, self.bs, self.rt = head, compute, batch_size, rt
+        self.train_xy = self.val_xy = None
         self.generator = torch.Generator().manual_seed(seed)  # batch order per epoch
         self.scaler = rt.grad_scaler()
         self.feature_seconds = 0.0
         # train.balance: loss -> class_weight; sampler -> sample_weight (drawn with replacement)
         self.class_weight, self.sample_weight = class_weight, sample_weight
 
-    def begin_phase(self, k: int = 1) -> None:
+    def refresh(self) -> None:
+        start = time.perf_counter()
+        self.train_xy, self.val_xy = self.compute()
+        secs = time.perf_counter() - start
+        self.feature_seconds += secs
+        n = len(self.train_xy[1]) + len(self.val_xy[1])
+        log(
+            f"cached {tuple(self.train_xy[0].shape)} train + {tuple(self.val_xy[0].shape)} val "
+            f"features in {secs:.1f} s ({n / secs:.1f} img/s)"
+        )
+
+    def begin_phase(self, k: int) -> None:
         pass
 
     def _batches(self, xy, order):
@@ -324,26 +330,21 @@ class PhasedSteps:
     begins, and again when a cached phase follows one that trained the backbone (or after a
     resume, which starts with none). Everything else is the current kind's."""
 
-    def __init__(
-        self,
-        images: ImageSteps,
-        features: FeatureSteps,
-        cached: list[bool],
-        compute: Callable[[], tuple[tuple, tuple]],
-    ):
-        self.images, self.features, self.cached, self.compute = images, features, cached, compute
+    def __init__(self, images: ImageSteps, features: FeatureSteps, cached: list[bool]):
+        self.images, self.features, self.cached = images, features, cached
         self.current = images
         self.fresh = False  # whether the features are those of the backbone as it is now
-        self.feature_seconds = 0.0
 
-    def begin_phase(self, k: int = 1) -> None:
+    @property
+    def feature_seconds(self) -> float:
+        return self.features.feature_seconds
+
+    def begin_phase(self, k: int) -> None:
         if not self.cached[k - 1]:
             self.current, self.fresh = self.images, False  # this phase trains the backbone
         else:
             if not self.fresh:
-                start = time.perf_counter()
-                self.features.train_xy, self.features.val_xy = self.compute()
-                self.feature_seconds += time.perf_counter() - start
+                self.features.refresh()
                 self.fresh = True
             self.current = self.features
         self.current.begin_phase(k)

@@ -158,12 +158,17 @@ def loaders(params: Params, datasets, rt: Runtime, cache: bool, sample_weight=No
     )
 
 
+def _train_set(datasets) -> data.ImageDataset:
+    """The training images: augmented where a phase trains on images, else the plain ones."""
+    return datasets["train"] if "train" in datasets else datasets["features"]
+
+
 def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: int, phases):
     """The steps fit() runs each phase with: ImageSteps, FeatureSteps (every phase on cached
     features), or PhasedSteps (some of each)."""
     cached = cached_phases(strategy, phases)
-    balance = _balance(params, datasets.get("train") or datasets["features"], num_classes)
-    images = features = None
+    balance = _balance(params, _train_set(datasets), num_classes)
+    images = None
     if not all(cached):
         # the loader draws the weighted order of images; cached features draw their own
         sampled = balance.get("sample_weight")
@@ -174,38 +179,29 @@ def _steps(model, strategy, params: Params, datasets, rt: Runtime, num_classes: 
         )
     if not any(cached):
         return images
+
+    def compute():
+        plain = {"train": datasets["features"], "val": datasets["val"]}
+        train_loader, val_loader = loaders(params, plain, rt, True)
+        return (
+            loop.cached_features(model, train_loader, rt),
+            loop.cached_features(model, val_loader, rt),
+        )
+
     name = models.head_name(model)
     features = loop.FeatureSteps(
         model.get_submodule(name),
-        None,
-        None,
+        compute,
         params.train.batch_size,
         params.seed,
         rt,
         **balance,
         head_name=name,
     )
-
-    def compute():
-        plain = {"train": datasets["features"], "val": datasets["val"]}
-        train_loader, val_loader = loaders(params, plain, rt, True)
-        start = time.perf_counter()
-        train_xy = loop.cached_features(model, train_loader, rt)
-        val_xy = loop.cached_features(model, val_loader, rt)
-        secs = time.perf_counter() - start
-        n = len(train_xy[1]) + len(val_xy[1])
-        _log(
-            f"cached {tuple(train_xy[0].shape)} train + {tuple(val_xy[0].shape)} val features "
-            f"in {secs:.1f} s ({n / secs:.1f} img/s)"
-        )
-        return train_xy, val_xy
-
     if images is None:  # features once, before the first phase (as a resume expects them)
-        start = time.perf_counter()
-        features.train_xy, features.val_xy = compute()
-        features.feature_seconds = time.perf_counter() - start
+        features.refresh()
         return features
-    return loop.PhasedSteps(images, features, cached, compute)
+    return loop.PhasedSteps(images, features, cached)
 
 
 def _meta(
@@ -399,10 +395,9 @@ def _train_once(
         for phase in phases:  # a bad `trainable` in any phase fails now, not epochs later
             models.set_trainable(model, strategy.arch, phase.trainable)
         rt.place(model)
-        n_train = len(datasets.get("train") or datasets["features"])
         _log(
             f"{strategy_name}: {strategy.arch} ({strategy.weights}), {len(classes)} classes, "
-            f"{n_train} train / {len(datasets['val'])} val images, {rt.device}, "
+            f"{len(_train_set(datasets))} train / {len(datasets['val'])} val images, {rt.device}, "
             f"{rt.precision}, seed {params.seed}"
         )
         steps = _steps(model, strategy, params, datasets, rt, len(classes), phases)
